@@ -117,8 +117,18 @@ def apply_rotary_emb(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> t
 class Linear(nn.Linear):
     """A bias-free linear layer that runs in its input's dtype, as nanochat's does."""
 
+    def reset_parameters(self) -> None:
+        pass  # weights come from a checkpoint or from GPT.init_weights
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.weight.to(dtype=x.dtype))
+
+
+class Embedding(nn.Embedding):
+    """nn.Embedding without its default initialisation (see `Linear.reset_parameters`)."""
+
+    def reset_parameters(self) -> None:
+        pass
 
 
 class KVCache:
@@ -221,7 +231,7 @@ class GPT(nn.Module):
         self.window_sizes = _window_sizes(config)
         V, C = config.padded_vocab_size, config.n_embd
         self.transformer = nn.ModuleDict({
-            "wte": nn.Embedding(V, C),
+            "wte": Embedding(V, C),
             "h": nn.ModuleList([Block(config, i) for i in range(config.n_layer)]),
         })
         self.lm_head = Linear(C, V, bias=False)
@@ -232,11 +242,11 @@ class GPT(nn.Module):
             self.smear_gate = Linear(24, 1, bias=False)
             self.smear_lambda = nn.Parameter(torch.zeros(1))
         if config.backout:
-            self.backout_lambda = nn.Parameter(0.2 * torch.ones(1))
+            self.backout_lambda = nn.Parameter(torch.full((1,), 0.2))
         if config.value_embeds:
             kv_dim = config.n_kv_head * config.head_dim
             self.value_embeds = nn.ModuleDict({
-                str(i): nn.Embedding(V, kv_dim) for i in range(config.n_layer) if has_value_embedding(i, config.n_layer)
+                str(i): Embedding(V, kv_dim) for i in range(config.n_layer) if has_value_embedding(i, config.n_layer)
             })
         cos, sin = _rotary_tables(config, config.sequence_len * 10)
         self.register_buffer("cos", cos, persistent=False)
@@ -350,9 +360,11 @@ def _window_sizes(config: GPTConfig) -> list[tuple[int, int]]:
 
 
 def _rotary_tables(config: GPTConfig, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    # always real CPU tensors, even while the model is built on the meta device
     head_dim = config.head_dim
-    inv_freq = 1.0 / (config.rotary_base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
-    freqs = torch.outer(torch.arange(seq_len, dtype=torch.float32), inv_freq)
+    channels = torch.arange(0, head_dim, 2, dtype=torch.float32, device="cpu")
+    inv_freq = 1.0 / (config.rotary_base ** (channels / head_dim))
+    freqs = torch.outer(torch.arange(seq_len, dtype=torch.float32, device="cpu"), inv_freq)
     cos, sin = freqs.cos(), freqs.sin()
     if config.rotary_bf16:  # early nanochat kept these tables in bfloat16, even on CPU
         cos, sin = cos.bfloat16().float(), sin.bfloat16().float()
@@ -470,8 +482,6 @@ def build_model(state_dict: dict[str, torch.Tensor], model_config: dict, overrid
     if wrong:
         raise CheckpointError("state dict tensor shapes do not match model_config: " + "; ".join(wrong))
     model.load_state_dict(state_dict, strict=True, assign=True)
-    cos, sin = _rotary_tables(config, config.sequence_len * 10)
-    model.cos, model.sin = cos, sin
     return model.eval()
 
 
