@@ -46,6 +46,7 @@ def pack_rows(docs: Iterator[TokenDoc], row_len: int, buffer_size: int = 64) -> 
     if row_len < 2:
         raise ValueError(f"row_len must be at least 2, got {row_len}")
     buffer: list[TokenDoc] = []
+    lengths: list[int] = []  # len() of each buffered document
     docs = iter(docs)
     exhausted = False
     while True:
@@ -57,16 +58,18 @@ def pack_rows(docs: Iterator[TokenDoc], row_len: int, buffer_size: int = 64) -> 
                     exhausted = True
                 elif len(doc):
                     buffer.append(doc)
+                    lengths.append(len(doc))
             if not buffer:
                 return  # the source ran dry: a partial row is dropped, as nanochat never pads
             room = row_len - filled
-            fitting = [i for i, d in enumerate(buffer) if len(d) <= room]
-            if fitting:
-                pick = max(fitting, key=lambda i: len(buffer[i]))
+            best = max((n for n in lengths if n <= room), default=0)  # the largest document that fits
+            if best:
+                pick = lengths.index(best)
                 piece = buffer.pop(pick)
-            else:
-                pick = min(range(len(buffer)), key=lambda i: len(buffer[i]))
+            else:  # nothing fits: crop the shortest to fill the row exactly
+                pick = lengths.index(min(lengths))
                 piece = buffer.pop(pick).crop(room)
+            lengths.pop(pick)
             pieces.append(piece)
             filled += len(piece)
         yield TokenDoc(np.concatenate([p.ids for p in pieces]),

@@ -15,8 +15,10 @@ import io
 import os
 import pickle
 from collections.abc import Iterable, Iterator
+from functools import cached_property
 from pathlib import Path
 
+import numpy as np
 import tiktoken
 
 SPECIAL_TOKENS = [
@@ -81,6 +83,12 @@ class Tokenizer:
 
     def decode(self, ids: Iterable[int]) -> str:
         return self.encoding.decode(list(ids))
+
+    @cached_property
+    def token_lengths(self) -> np.ndarray:
+        """The length in bytes of every token's text (special tokens included), indexed by id."""
+        return np.array([len(self.encoding.decode_single_token_bytes(i)) for i in range(self.vocab_size)],
+                        dtype=np.int64)
 
     def token_str(self, token_id: int) -> str:
         return self.encoding.decode([token_id])

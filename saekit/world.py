@@ -637,14 +637,20 @@ def token_labels(doc: Document, tokenizer, prepend_bos: bool = True) -> tuple[li
     A token carries a concept when its characters overlap the concept's span; BOS carries none.
     """
     ids = tokenizer.encode(doc.text, allow_special=True)
-    _, offsets = tokenizer.encoding.decode_with_offsets(ids)
-    starts = np.asarray(offsets, dtype=np.int64)
-    ends = np.append(starts[1:], len(doc.text))
-    labels = np.zeros((len(ids), len(CONCEPTS)), dtype=bool)
-    for s, e, concept in doc.spans:
-        first = np.searchsorted(ends, s, side="right")  # first token ending after s
-        last = np.searchsorted(starts, e, side="left")  # tokens starting before e
-        labels[first:last, CONCEPT_INDEX[concept]] = True
+    if doc.text.isascii():  # one byte per character: offsets are cumulative token lengths
+        ends = np.cumsum(tokenizer.token_lengths[ids])
+        starts = ends - tokenizer.token_lengths[ids]
+    else:
+        starts = np.asarray(tokenizer.encoding.decode_with_offsets(ids)[1], dtype=np.int64)
+        ends = np.append(starts[1:], len(doc.text))
+    spans = np.array([(s, e, CONCEPT_INDEX[c]) for s, e, c in doc.spans], dtype=np.int64).reshape(-1, 3)
+    first = np.searchsorted(ends, spans[:, 0], side="right")  # the first token ending after the span starts
+    last = np.searchsorted(starts, spans[:, 1], side="left")  # one past the last token starting before it ends
+    # mark [first, last) for each span's concept with +1/-1 at the edges, then count open spans per token
+    edges = np.zeros((len(ids) + 1, len(CONCEPTS)), dtype=np.int32)
+    np.add.at(edges, (first, spans[:, 2]), 1)
+    np.add.at(edges, (last, spans[:, 2]), -1)
+    labels = np.cumsum(edges[:-1], axis=0) > 0
     if prepend_bos:
         ids = [tokenizer.bos_id, *ids]
         labels = np.concatenate([np.zeros((1, len(CONCEPTS)), dtype=bool), labels])
