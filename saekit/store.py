@@ -45,6 +45,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from saekit.allocator import reuse_freed_memory
 from saekit.data import TinyWorldSource, pack_rows, text_source
 from saekit.hooks import hook_points, resolve, run_until
 from saekit.world import CONCEPTS
@@ -374,6 +375,7 @@ def collect_activations(model: torch.nn.Module, tokenizer, hooks: str | list[str
     resume an interrupted collection or extend a finished one to more tokens.
     """
     hooks = [hooks] if isinstance(hooks, str) else list(dict.fromkeys(hooks))
+    reuse_freed_memory()
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {list(DTYPES)}, got {dtype!r}")
     if n_tokens <= 0:
@@ -570,3 +572,87 @@ def _open_for_writing(path: Path, expected: dict, fresh: dict, n_tokens: int) ->
     if n_tokens > total:
         manifest["complete"] = False
     return manifest
+
+
+class ActivationStream:
+    """Activations computed from the model as training asks for them, for one hook point, without disk.
+
+    Rows of the source are taken `chunk_rows` at a time; each chunk's kept tokens are shuffled (seeded
+    by the chunk) and the chunks are concatenated into one stream that batches are cut from. Batch k
+    depends only on (seed, k), and skipping to it only tokenizes the chunks before it, so training
+    from a stream resumes exactly. The scaling constant comes from the first `scale_rows` rows.
+    """
+
+    def __init__(self, model: torch.nn.Module, tokenizer, hook: str, source="tinyworld",
+                 context_size: int | None = None, chunk_rows: int = 64, scale_rows: int = 64,
+                 exclude_special: bool = True):
+        resolve(model, hook)
+        self.model, self.tokenizer, self.hook = model, tokenizer, hook
+        self.source = text_source(source)
+        self.context_size = context_size or min(getattr(getattr(model, "config", None), "sequence_len", 256), 256)
+        self.chunk_rows, self.scale_rows, self.exclude_special = chunk_rows, scale_rows, exclude_special
+        self.width = _hook_dims(model, [hook])[hook]
+        self.special = np.array(sorted(tokenizer.special_id_set), dtype=np.int64)
+        self._scale: float | None = None
+
+    def d_in(self, hook: str | None = None) -> int:
+        self._check(hook)
+        return self.width
+
+    def _check(self, hook: str | None) -> None:
+        if hook is not None and hook != self.hook:
+            raise StoreError(f"this stream computes {self.hook!r}, not {hook!r}")
+
+    def _chunks(self) -> Iterator[tuple[int, list]]:
+        rows = pack_rows(self.source.docs(self.tokenizer), self.context_size)
+        index = 0
+        while True:
+            chunk = [row for row in (next(rows, None) for _ in range(self.chunk_rows)) if row is not None]
+            if not chunk:
+                return
+            yield index, chunk
+            index += 1
+
+    def _activations(self, chunk: list, first_row: int) -> torch.Tensor:
+        acts, _, _ = _batch_activations(self.model, chunk, [self.hook], {self.hook: self.width}, self.special,
+                                        self.exclude_special, False, "float32", first_row)
+        return acts[self.hook]
+
+    def _kept(self, chunk: list) -> int:
+        ids = np.stack([row.ids for row in chunk])
+        return int((~np.isin(ids, self.special)).sum()) if self.exclude_special else ids.size
+
+    def scaling_factor(self, hook: str | None = None) -> float:
+        """sqrt(d_in) / mean ||x|| over the first `scale_rows` rows."""
+        self._check(hook)
+        if self._scale is None:
+            norms, rows = [], 0
+            for index, chunk in self._chunks():
+                norms.append(self._activations(chunk, index * self.chunk_rows).double().norm(dim=1))
+                rows += len(chunk)
+                if rows >= self.scale_rows:
+                    break
+            self._scale = math.sqrt(self.width) / float(torch.cat(norms).mean())
+        return self._scale
+
+    def batches(self, batch_size: int, hook: str | None = None, seed: int = 0, scaled: bool = True,
+                start: int = 0) -> Iterator[torch.Tensor]:
+        """Scaled float32 batches [batch_size, d_in], until the source runs out."""
+        self._check(hook)
+        scale = self.scaling_factor() if scaled else 1.0
+        to_skip, pending = start * batch_size, None
+        for index, chunk in self._chunks():
+            kept = self._kept(chunk)
+            if to_skip >= kept:
+                to_skip -= kept
+                continue
+            data = self._activations(chunk, index * self.chunk_rows)
+            generator = torch.Generator().manual_seed(seed * 1_000_003 + index)
+            data = data[torch.randperm(len(data), generator=generator)][to_skip:] * scale
+            to_skip = 0
+            if pending is not None:
+                data = torch.cat([pending, data])
+            full = len(data) // batch_size
+            for j in range(full):
+                yield data[j * batch_size:(j + 1) * batch_size]
+            pending = data[full * batch_size:]

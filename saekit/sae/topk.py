@@ -1,0 +1,57 @@
+"""
+The TopK SAE (Gao et al. 2024): keep the k largest pre-activations of each token, nothing else.
+
+    f = ReLU(TopK_k((x - b_dec) @ W_enc + b_enc))
+
+Sparsity is set directly by k, so there is no penalty to tune and no shrinkage. Decoder rows stay
+at unit norm (the parallel part of their gradient is removed, then they are renormalised).
+Training decodes sparsely (see `saekit.sae.sparse`): after the encoder's matmul only k latents per
+token cost anything.
+
+Dead latents are revived by AuxK: the top `aux_k` dead latents try to reconstruct the detached
+residual x - x_hat, decoded without b_dec (two bugs other libraries shipped: a residual that is
+not detached, and b_dec added to the auxiliary reconstruction).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from saekit.sae.base import SAE, SAEOutput
+from saekit.sae.sparse import Chosen, auxk_loss, chosen_values, sparse_decode
+
+
+class TopKSAE(SAE):
+    architecture = "topk"
+    saelens_architecture = "topk"
+
+    @property
+    def aux_k(self) -> int:
+        return self.cfg.aux_k if self.cfg.aux_k is not None else self.cfg.d_in // 2
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        pre = self.pre_activations(x)
+        values, indices = pre.topk(self.cfg.k, dim=-1)
+        return torch.zeros_like(pre).scatter(-1, indices, F.relu(values))
+
+    def forward(self, x: torch.Tensor, sparsity_scale: float = 1.0, dead: torch.Tensor | None = None) -> SAEOutput:
+        x_in = x - self.b_dec
+        with torch.no_grad():  # scores for every latent; only the chosen ones enter the graph
+            pre = torch.addmm(self.b_enc, x_in, self.W_enc)
+            top = pre.topk(self.cfg.k, dim=-1, sorted=False)
+        return self._sparse_output(x, x_in, pre, Chosen.per_token(top.indices), top.values.reshape(-1), dead)
+
+    def _sparse_output(self, x, x_in, pre, chosen: Chosen, pre_values: torch.Tensor, dead) -> SAEOutput:
+        values = F.relu(chosen_values(pre_values, x_in, self.W_enc, self.b_enc, chosen))
+        x_hat = sparse_decode(values, chosen, self.W_dec) + self.b_dec
+        losses = {"reconstruction": self.reconstruction_loss(x, x_hat)}
+        if dead is not None:
+            losses["auxk"] = auxk_loss(x_in.detach(), pre, self.W_enc, self.b_enc, self.W_dec, (x - x_hat).detach(),
+                                       dead, self.aux_k, self.cfg.aux_coefficient)
+        active = values > 0
+        fire_counts = torch.bincount(chosen.cols[active], minlength=self.cfg.d_sae)
+        return SAEOutput(x_hat, losses, sum(losses.values()), active.sum().float() / len(x), fire_counts)
+
+    def saelens_config_extras(self) -> dict:
+        return {"k": self.cfg.k, "rescale_acts_by_decoder_norm": False}
