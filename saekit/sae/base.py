@@ -121,12 +121,14 @@ class SAE(nn.Module):
 
     @torch.no_grad()
     def init_weights(self, generator: torch.Generator | None = None, decoder_norm: float = 1.0) -> None:
-        """Decoder rows: random directions of norm `decoder_norm`; encoder: the decoder's transpose."""
+        """Decoder rows: random directions of norm `decoder_norm`; encoder: the decoder's transpose;
+        every vector parameter (biases, per-latent scales) zero."""
         directions = torch.randn(self.cfg.d_sae, self.cfg.d_in, generator=generator)
         self.W_dec.copy_(F.normalize(directions, dim=1) * decoder_norm)
         self.W_enc.copy_(self.W_dec.T)
-        self.b_enc.zero_()
-        self.b_dec.zero_()
+        for p in self.parameters():
+            if p.ndim == 1:
+                p.zero_()
 
     # ------------------------------------------------------------------ the model
 

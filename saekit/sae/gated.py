@@ -36,14 +36,6 @@ class GatedSAE(SAE):
         self.r_mag = nn.Parameter(torch.zeros(cfg.d_sae))
         self.b_mag = nn.Parameter(torch.zeros(cfg.d_sae))
 
-    @torch.no_grad()
-    def init_weights(self, generator: torch.Generator | None = None, decoder_norm: float = 1.0) -> None:
-        directions = torch.randn(self.cfg.d_sae, self.cfg.d_in, generator=generator)
-        self.W_dec.copy_(F.normalize(directions, dim=1) * decoder_norm)
-        self.W_enc.copy_(self.W_dec.T)
-        for p in (self.b_gate, self.r_mag, self.b_mag, self.b_dec):
-            p.zero_()
-
     def _paths(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         shared = F.linear(x, self.W_enc.T, -(self.b_dec @ self.W_enc))  # (x - b_dec) @ W, as in SAE.pre_activations
         return shared + self.b_gate, shared * self.r_mag.exp() + self.b_mag
