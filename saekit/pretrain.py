@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm  # text on stderr: notebooks stay comparable under nbval
 
 from saekit.capabilities import HELD_OUT_SEED, run_probes
 from saekit.data import pack_rows, tinyworld_docs

@@ -43,7 +43,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm  # text on stderr: notebooks stay comparable under nbval
 
 from saekit.allocator import reuse_freed_memory
 from saekit.data import TinyWorldSource, pack_rows, text_source

@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm  # text on stderr: notebooks stay comparable under nbval
 
 from saekit.allocator import reuse_freed_memory
 from saekit.sae.base import SAE, default_lr
