@@ -119,13 +119,13 @@ def _hooked(model: nn.Module, name: str, fn: Callable[[torch.Tensor], torch.Tens
     """Call `fn(activation)` at a hook point; a returned tensor replaces the activation."""
     point, module = resolve(model, name, layout)
     if point.side == "input":
-        def pre_hook(mod, args):
+        def pre_hook(_module, args):
             new = fn(args[0])
             return None if new is None else (new, *args[1:])
 
         handle = module.register_forward_pre_hook(pre_hook)
     else:
-        def post_hook(mod, args, output):
+        def post_hook(_module, _args, output):
             new = fn(_output_tensor(output))
             if new is None:
                 return None

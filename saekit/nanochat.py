@@ -93,7 +93,8 @@ class GPTConfig:
     def october_2025(cls, **kwargs) -> GPTConfig:
         """The original architecture (the era of the first nanochat SAE extension)."""
         era = dict(padded_vocab_size=kwargs.get("vocab_size", 32768), lambdas=False, value_embeds=False, smear=False,
-                   backout=False, qk_scale=1.0, rotary_base=10000.0, rotary_bf16=True, sliding_windows=False)
+                   backout=False, qk_scale=1.0, rotary_base=10000.0, rotary_bf16=True, sliding_windows=False,
+                   ve_gate_range=2.0)
         return cls(**{**era, **kwargs})
 
 

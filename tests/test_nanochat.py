@@ -45,6 +45,11 @@ def test_reproduces_nanochat_logits_and_block_outputs(era):
     assert tokenizer.bos_id == ref["bos_id"]
 
 
+def test_october_2025_config_matches_the_detected_early_era():
+    early, _ = load_model(FIXTURES / "early-2025-10")
+    assert GPTConfig.october_2025(**early.config.nanochat_config()) == early.config
+
+
 def test_eras_are_told_apart_by_their_keys():
     current, _ = load_model(FIXTURES / "current-2026-07")
     early, _ = load_model(FIXTURES / "early-2025-10")

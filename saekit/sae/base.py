@@ -68,10 +68,6 @@ class SAEConfig:
         if problems:
             raise ValueError("invalid SAEConfig: " + "; ".join(problems))
 
-    @property
-    def expansion(self) -> float:
-        return self.d_sae / self.d_in
-
     def to_dict(self) -> dict:
         return asdict(self)
 

@@ -85,13 +85,6 @@ def sparse_decode(values: torch.Tensor, chosen: Chosen, W_dec: torch.Tensor) -> 
     return F.embedding_bag(chosen.cols, W_dec, chosen.offsets, mode="sum", per_sample_weights=values)
 
 
-def densify(values: torch.Tensor, chosen: Chosen, n_tokens: int, d_sae: int) -> torch.Tensor:
-    """The [n_tokens, d_sae] code with the chosen values in place and zeros elsewhere."""
-    dense = torch.zeros(n_tokens, d_sae, dtype=values.dtype, device=values.device)
-    dense[chosen.rows, chosen.cols] = values
-    return dense
-
-
 def auxk_loss(x_in_detached: torch.Tensor, pre: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor,
               W_dec: torch.Tensor, residual: torch.Tensor, dead: torch.Tensor, aux_k: int,
               coefficient: float) -> torch.Tensor:
