@@ -5,6 +5,7 @@ The `saekit` command.
     saekit probe                 check what a model has learned (TinyWorld capability probes)
     saekit concepts              the table of TinyWorld's ground-truth concepts, with frequencies
     saekit train-model --out D   rebuild the default model and tokenizer from scratch (deterministic)
+    saekit eval SAE_DIR          evaluate a saved SAE on held-out text and write a JSON report
 
 Every command that uses a model takes `--model PATH`: a nanochat checkpoint folder or nanochat's
 base directory (`~/.cache/nanochat`), with `--source`, `--model-tag` and `--step` as in nanochat.
@@ -88,6 +89,34 @@ def cmd_train_model(args: argparse.Namespace) -> None:
     print(json.dumps(meta["probe_failures"], indent=1))
 
 
+def cmd_eval(args: argparse.Namespace) -> None:
+    from saekit.evaluate import evaluate_sae
+    from saekit.sae.io import load_sae
+    from saekit.store import _hook_dims, _write_json_atomic, collect_activations
+
+    sae = load_sae(args.sae)
+    hook = args.hook or sae.cfg.hook_name
+    if not hook:
+        raise ValueError(f"{args.sae}/cfg.json names no hook point; pass --hook")
+    model, tokenizer = _load(args)
+    width = _hook_dims(model, [hook])[hook]
+    if width != sae.cfg.d_in:
+        raise ValueError(f"the SAE reads d_in={sae.cfg.d_in} activations but {hook} of {model.name} has "
+                         f"width {width}; is this the model it was trained on?")
+    store = collect_activations(model, tokenizer, hook, args.tokens, None, source=args.data, progress=True)
+    report = {"sae": str(Path(args.sae).resolve()), "architecture": sae.cfg.architecture, "d_sae": sae.cfg.d_sae,
+              "hook": hook, "model": model.name, "data": args.data, "tokens": args.tokens,
+              **evaluate_sae(sae, store, hook, model, tokenizer, args.tokens, args.downstream_rows, args.data)}
+    out = Path(args.out) if args.out else Path(args.sae) / "saekit_eval.json"
+    _write_json_atomic(out, report)
+    for section in ("reconstruction", "downstream"):
+        print(section + ": " + ", ".join(f"{k} {v}" for k, v in report.get(section, {}).items()))
+    if "concepts" in report:
+        c = report["concepts"]
+        print(f"concepts: coverage {c['coverage']}, {c['concepts_found']} of {len(c['rows'])} with F1 >= 0.8")
+    print(f"report written to {out}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="saekit", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -123,6 +152,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", help="write the Markdown training report here too")
     p.add_argument("--force", action="store_true")
     p.set_defaults(func=cmd_train_model)
+
+    p = sub.add_parser("eval", help="evaluate a saved SAE and write a JSON report")
+    p.add_argument("sae", help="a saved SAE folder (saekit's or SAELens's format)")
+    _add_model_args(p)
+    p.add_argument("--hook", help="hook point (default: the SAE's own hook_name)")
+    p.add_argument("--data", default="tinyworld:1",
+                   help="held-out text: tinyworld:SEED (labelled, adds concept recovery) or text/jsonl/parquet paths")
+    p.add_argument("--tokens", type=int, default=100_000, help="activations to evaluate on")
+    p.add_argument("--downstream-rows", type=int, default=32, help="rows for the spliced-loss metrics")
+    p.add_argument("--out", help="report path (default: SAE_DIR/saekit_eval.json)")
+    p.set_defaults(func=cmd_eval)
     return parser
 
 

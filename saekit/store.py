@@ -250,6 +250,17 @@ class InMemoryStore(ActivationStore):
         self._activations = activations
         self._meta_arrays = meta
 
+    @classmethod
+    def from_tensor(cls, activations: torch.Tensor, hook: str = "activations") -> InMemoryStore:
+        """A store over given activations [n, d] (no tokens or labels): synthetic data, toy models."""
+        n, d = activations.shape
+        manifest = {"version": FORMAT_VERSION, "hooks": {hook: d}, "dtype": "float32", "labels": False,
+                    "source": {"kind": "tensor"}, "complete": True,
+                    "shards": [{"name": "memory", "tokens": n,
+                                "norm_sums": {hook: float(activations.double().norm(dim=1).sum())}}]}
+        zeros = np.zeros(n, dtype=np.int64)
+        return cls(manifest, {hook: activations.float()}, {"tokens": zeros, "doc": zeros, "pos": zeros})
+
     def shard_activations(self, index: int, hook: str | None = None) -> torch.Tensor:
         if index != 0:
             raise IndexError(f"an in-memory store has one shard, not {index + 1}")
