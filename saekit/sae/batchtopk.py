@@ -16,7 +16,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from saekit.sae.base import SAEConfig, SAEOutput
+from saekit.sae.base import SAE, SAEConfig, SAEOutput
 from saekit.sae.sparse import Chosen
 from saekit.sae.topk import TopKSAE
 
@@ -84,6 +84,9 @@ class BatchTopKSAE(TopKSAE):
         momentum = self.cfg.threshold_momentum if self.threshold_updates > 0 else 0.0
         self.threshold.fill_(momentum * float(self.threshold[0]) + (1 - momentum) * float(positive.min()))
         self.threshold_updates += 1
+
+    # at inference a fixed threshold, not a rank, decides what fires: folding norms is safe again
+    _fold_decoder_norms = SAE._fold_decoder_norms
 
     def _scale_latents(self, factor: torch.Tensor) -> None:
         super()._scale_latents(factor)

@@ -53,5 +53,13 @@ class TopKSAE(SAE):
         fire_counts = torch.bincount(chosen.cols[active], minlength=self.cfg.d_sae)
         return SAEOutput(x_hat, losses, sum(losses.values()), active.sum().float() / len(x), fire_counts)
 
+    def _fold_decoder_norms(self) -> None:
+        # Folding *unequal* norms into the encoder would change which k latents win (SAELens refuses it
+        # too), so an imported SAE with uneven rows keeps them. saekit's TopK decoders have equal rows
+        # (unit norm, divided by the scaling constant), and scaling every score alike keeps the ranking.
+        norms = self.decoder_norms()
+        if float(norms.max() / norms.min()) < 1 + 1e-4:
+            super()._fold_decoder_norms()
+
     def saelens_config_extras(self) -> dict:
         return {"k": self.cfg.k, "rescale_acts_by_decoder_norm": False}
