@@ -1,6 +1,7 @@
 """
 The `saekit` command.
 
+    saekit demo                  the whole pipeline: collect, train a TopK SAE, evaluate, write an HTML report
     saekit generate              write a story and answer a chat question with the default model
     saekit probe                 check what a model has learned (TinyWorld capability probes)
     saekit concepts              the table of TinyWorld's ground-truth concepts, with frequencies
@@ -18,6 +19,7 @@ import json
 import sys
 from pathlib import Path
 
+from saekit.demo import DemoConfig
 from saekit.nanochat import generate, load_model
 from saekit.pretrain import PretrainConfig
 
@@ -117,10 +119,30 @@ def cmd_eval(args: argparse.Namespace) -> None:
     print(f"report written to {out}")
 
 
+def cmd_demo(args: argparse.Namespace) -> None:
+    from saekit.demo import run_demo
+
+    cfg = DemoConfig(d_sae=args.d_sae, k=args.k, steps=args.steps, train_tokens=args.train_tokens,
+                     eval_tokens=args.eval_tokens)
+    path = run_demo(args.out, args.model, args.hook, cfg)
+    print(f"\nreport: {path.resolve()}\nSAE:    {(path.parent / 'sae').resolve()}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="saekit", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", help="collect, train, evaluate and write an HTML report (about 2 minutes)")
+    p.add_argument("--out", default="saekit-demo", help="output folder (report.html and the SAE)")
+    p.add_argument("--model", help="nanochat checkpoint folder or base dir (default: the embedded model)")
+    p.add_argument("--hook", help="hook point (default: the middle layer's resid_post)")
+    p.add_argument("--d-sae", type=int, default=DemoConfig.d_sae)
+    p.add_argument("--k", type=int, default=DemoConfig.k)
+    p.add_argument("--steps", type=int, default=DemoConfig.steps)
+    p.add_argument("--train-tokens", type=int, default=DemoConfig.train_tokens, help="activations to train on")
+    p.add_argument("--eval-tokens", type=int, default=DemoConfig.eval_tokens, help="held-out activations")
+    p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("generate", help="generate text (and a chat answer) with a model")
     _add_model_args(p)

@@ -46,6 +46,7 @@ import torch
 from tqdm import tqdm  # text on stderr: notebooks stay comparable under nbval
 
 from saekit.allocator import reuse_freed_memory
+from saekit.atomic import write_text_atomic
 from saekit.data import TinyWorldSource, pack_rows, text_source
 from saekit.hooks import hook_points, resolve, run_until
 from saekit.world import CONCEPTS
@@ -73,9 +74,7 @@ def model_fingerprint(model: torch.nn.Module) -> str:
 
 
 def _write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(data, indent=1))
 
 
 def _pack_labels(labels: np.ndarray) -> np.ndarray:

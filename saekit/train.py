@@ -19,24 +19,37 @@ resumed run ends bit-identical to an uninterrupted one on the same CPU.
 
 Data comes from an `ActivationStore` (or anything with `batches(batch_size, seed=, start=)` and
 `scaling_factor()`), e.g. `saekit.store.ActivationStream` to train straight from the model.
+
+Under `torchrun`, `distributed=saekit.distributed.init_distributed()` trains data-parallel: each
+rank takes its slice of the same global batch, DDP averages the gradients, and batch statistics are
+reduced across ranks, so the result equals one process with the same global batch (BatchTopK
+aside; see `saekit.distributed`).
 """
 
 from __future__ import annotations
 
 import copy
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from tqdm import tqdm  # text on stderr: notebooks stay comparable under nbval
 
 from saekit.allocator import reuse_freed_memory
-from saekit.sae.base import SAE, default_lr
+from saekit.sae.base import SAE, SAEOutput, default_lr
+from saekit.sae.batchtopk import BatchTopKSAE
 from saekit.sae.io import save_sae
+
+if TYPE_CHECKING:
+    from saekit.distributed import Distributed
 
 CHECKPOINT = "checkpoint.pt"
 DEFAULT_LR = {"relu": 1e-3, "gated": 1e-3, "jumprelu": 1e-3}  # TopK family: default_lr(d_sae)
+
+
+SAE_INIT_SEED_OFFSET = 1_000_003
 
 
 @dataclass
@@ -116,10 +129,11 @@ class TrainResult:
 
 
 class _Trainer:
-    """One SAE's optimiser, schedules and dead-latent tracking."""
+    """One SAE's optimiser, schedules and dead-latent tracking (the same on every rank of a distributed run)."""
 
-    def __init__(self, sae: SAE, cfg: TrainConfig):
-        self.sae, self.cfg = sae, cfg
+    def __init__(self, sae: SAE, cfg: TrainConfig, distributed: Distributed | None = None):
+        self.sae, self.cfg, self.distributed = sae, cfg, distributed
+        self.wrapped = sae if distributed is None else distributed.wrap(sae)  # what the training forward calls
         lr = cfg.lr or (default_lr(sae.cfg.d_sae) if sae.architecture in ("topk", "batchtopk")
                         else DEFAULT_LR[sae.architecture])
         self.optimizer = torch.optim.Adam(sae.parameters(), lr=lr, betas=cfg.betas)
@@ -146,38 +160,50 @@ class _Trainer:
         return min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
 
     def step(self, step: int, x: torch.Tensor) -> None:
-        sae, cfg = self.sae, self.cfg
+        """One training step on the (global) batch x; a distributed rank computes the loss on its slice."""
+        sae, cfg, distributed = self.sae, self.cfg, self.distributed
         if step == 0:
             initialise_b_dec(sae, x, cfg.b_dec_init)
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr_at(step)
         dead = self.tokens_since_fired >= cfg.dead_window
-        out = sae(x, sparsity_scale=self.sparsity_scale(step), dead=dead)
+        local = x if distributed is None else distributed.shard(x)
+        out = self.wrapped(local, sparsity_scale=self.sparsity_scale(step), dead=dead.to(local.device))
+        if distributed is not None and "auxk" in out.losses and dead.any():
+            out = _global_auxk(out, local, distributed)
         self.optimizer.zero_grad(set_to_none=True)
-        out.loss.backward()
+        out.loss.backward()  # under DDP this also averages the gradients over the ranks
         if sae.unit_norm_decoder:
             sae.remove_parallel_gradient()
         torch.nn.utils.clip_grad_norm_(sae.parameters(), cfg.grad_clip)
         self.optimizer.step()
         if sae.unit_norm_decoder:
             sae.normalize_decoder()
-        counts = out.fire_counts.cpu()
+        counts = (out.fire_counts if distributed is None else distributed.sum(out.fire_counts)).cpu()
         self.fire_counts += counts
         self.tokens_since_fired += len(x)
         self.tokens_since_fired[counts > 0] = 0
+        if distributed is not None and isinstance(sae, BatchTopKSAE):
+            # each rank's EMA took its own smallest kept value; the smallest over ranks is the batch's
+            distributed.min(sae.threshold)
         if step in self.resample_steps:
             self.resample(x)
         if step % cfg.log_every == 0 or step == cfg.steps - 1:
-            self._log(step, x, out)
+            self._log(step, x, local, out)
 
     @torch.no_grad()
-    def _log(self, step: int, x: torch.Tensor, out) -> None:
-        residual = (x - out.x_hat.detach()).pow(2).sum()
+    def _log(self, step: int, x: torch.Tensor, local: torch.Tensor, out) -> None:
+        residual = (local - out.x_hat.detach()).pow(2).sum()
         variance = (x - x.mean(dim=0)).pow(2).sum()
-        row = {"step": step, "tokens": (step + 1) * len(x), "lr": self.lr_at(step), "loss": out.loss.item(),
-               "l0": out.l0.item(), "explained_variance": 1 - (residual / variance).item(),
+        means = {"loss": out.loss, "l0": out.l0, **out.losses}
+        if self.distributed is not None:  # sums over the ranks' slices; means of the slices' means
+            residual = self.distributed.sum(residual)
+            stacked = self.distributed.sum(torch.stack([v.detach().float() for v in means.values()]))
+            means = dict(zip(means, stacked / self.distributed.world_size))
+        row = {"step": step, "tokens": (step + 1) * len(x), "lr": self.lr_at(step), "loss": means["loss"].item(),
+               "l0": means["l0"].item(), "explained_variance": 1 - (residual / variance).item(),
                "dead_fraction": (self.tokens_since_fired >= self.cfg.dead_window).float().mean().item(),
-               **{name: value.item() for name, value in out.losses.items()}}
+               **{name: means[name].item() for name in out.losses}}
         for key, value in row.items():
             self.history.setdefault(key, []).append(value)
 
@@ -191,7 +217,7 @@ class _Trainer:
         errors = (sae(x).x_hat - x).pow(2).sum(dim=-1)
         if errors.sum() <= 0:
             return 0
-        picks = torch.multinomial(errors.pow(2), len(dead), replacement=True, generator=self.generator)
+        picks = torch.multinomial(errors.pow(2).cpu(), len(dead), replacement=True, generator=self.generator)
         inputs = x[picks] - sae.b_dec
         alive = torch.ones(sae.cfg.d_sae, dtype=torch.bool)
         alive[dead] = False
@@ -231,6 +257,23 @@ class _Trainer:
         self.history = state["history"]
 
 
+def _global_auxk(out: SAEOutput, x: torch.Tensor, distributed: Distributed) -> SAEOutput:
+    """`out` with its AuxK term normalised by the global batch's residual variance instead of the slice's.
+
+    `saekit.sae.sparse.auxk_loss` divides its error by the variance of the residual x - x_hat over the
+    batch it sees, here one rank's slice. The factor slice variance / global variance (no gradient)
+    turns each rank's term into (its error) / (global variance), whose average over the ranks is the
+    one-process loss.
+    """
+    residual = (x - out.x_hat).detach()
+    local = (residual - residual.mean(dim=0)).pow(2).sum(dim=-1).mean().clamp_min(1e-12)  # as auxk_loss computes it
+    n = len(x) * distributed.world_size
+    mean = distributed.sum(residual.sum(dim=0)) / n
+    variance = distributed.sum((residual - mean).pow(2).sum()) / n
+    losses = {**out.losses, "auxk": out.losses["auxk"] * (local / variance.clamp_min(1e-12))}
+    return replace(out, losses=losses, loss=sum(losses.values()))
+
+
 @torch.no_grad()
 def initialise_b_dec(sae: SAE, x: torch.Tensor, method: str) -> None:
     if method == "mean":
@@ -255,40 +298,58 @@ def geometric_median(points: torch.Tensor, iterations: int = 50, tolerance: floa
     return median.float()
 
 
-def train_saes(saes: list[SAE], data, cfg: TrainConfig, hook: str | None = None,
-               progress: bool = True) -> list[TrainResult]:
+def train_saes(saes: list[SAE], data, cfg: TrainConfig, hook: str | None = None, progress: bool = True,
+               distributed: Distributed | None = None) -> list[TrainResult]:
     """Train several SAEs on one stream of activations in one pass (same batches, same steps).
 
     `data` is an `ActivationStore`, an `ActivationStream` or anything with `batches(batch_size,
     seed=..., start=...)` and `scaling_factor()`. With `checkpoint_every`, an interrupted run resumes
-    from its last checkpoint when called again with the same arguments.
+    from its last checkpoint when called again with the same arguments. With `distributed` (from
+    `saekit.distributed.init_distributed`, one call per rank) the ranks share each batch; only rank 0
+    shows progress and writes checkpoints, and every rank returns the same results.
     """
     if not saes:
         raise ValueError("train_saes needs at least one SAE")
+    if distributed is not None and distributed.world_size == 1:
+        distributed = None
+    if distributed is not None:
+        if cfg.batch_size % distributed.world_size:
+            raise ValueError(f"batch_size must be a multiple of the {distributed.world_size} ranks (each computes "
+                             f"the loss on an equal slice of the batch), got {cfg.batch_size}")
+        for sae in saes:
+            sae.to(distributed.device)
     reuse_freed_memory()
     d_in = data.d_in(hook) if hasattr(data, "d_in") else saes[0].cfg.d_in
     for sae in saes:
         if sae.cfg.d_in != d_in:
             raise ValueError(f"an SAE with d_in={sae.cfg.d_in} cannot train on activations of width {d_in}"
                              + (f" (hook {hook})" if hook else ""))
-    trainers = [_Trainer(sae, cfg) for sae in saes]
+    trainers = [_Trainer(sae, cfg, distributed) for sae in saes]
     start = 0
     checkpoint = Path(cfg.checkpoint_dir) / CHECKPOINT if cfg.checkpoint_dir else None
     if checkpoint is not None and checkpoint.exists():
         start = _load_checkpoint(checkpoint, trainers, cfg)
     else:  # every SAE starts from the same seed, so an SAE trains the same alone or in a sweep
         for trainer in trainers:
-            trainer.sae.init_weights(torch.Generator().manual_seed(cfg.seed))
+            # A stream of its own: seeded like the model's init (seed 0, randn of width n_embd), the SAE's
+            # decoder rows would equal the initial token embeddings, and latent i would tend to fire on token i.
+            trainer.sae.init_weights(torch.Generator().manual_seed(cfg.seed + SAE_INIT_SEED_OFFSET))
+    if distributed is not None and not distributed.same_everywhere(start):
+        raise ValueError(f"rank {distributed.rank} would start at step {start} but another rank would not: every rank "
+                         f"must see the same checkpoint_dir ({cfg.checkpoint_dir}) on a shared filesystem")
+    main = distributed is None or distributed.is_main
     scale = data.scaling_factor(hook)
     batches = data.batches(cfg.batch_size, hook, seed=cfg.seed, start=start)
-    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="train", disable=not progress)
+    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="train", disable=not (progress and main))
     for step in bar:
         x = next(batches)
+        if distributed is not None:
+            x = x.to(distributed.device)
         for trainer in trainers:
             trainer.step(step, x)
         if step % cfg.log_every == 0:
             bar.set_postfix_str(_progress_text(trainers))
-        if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
+        if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps and main:
             _save_checkpoint(checkpoint, trainers, step + 1, cfg)
     bar.close()
     return [TrainResult(t.sae.eval(), scale, t.history, t.fire_counts, t.tokens_since_fired, cfg.tokens,
@@ -320,7 +381,7 @@ def _save_checkpoint(path: Path, trainers: list[_Trainer], step: int, cfg: Train
 
 def _load_checkpoint(path: Path, trainers: list[_Trainer], cfg: TrainConfig) -> int:
     try:
-        state = torch.load(path, weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise ValueError(f"cannot read the training checkpoint {path}: {type(exc).__name__}: {exc}") from exc
     expected = [t.sae.cfg.to_dict() for t in trainers]

@@ -4,7 +4,6 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-import pytest
 import torch
 
 import saekit
@@ -13,11 +12,6 @@ from saekit.nanochat import DEFAULT_MODEL_DIR
 from saekit.pretrain import PretrainConfig, describe_training, held_out_loss, train_default_model
 
 ROOT = Path(__file__).parents[1]
-
-
-@pytest.fixture(scope="module")
-def default():
-    return saekit.load_model()
 
 
 def meta():

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-import saekit
 from saekit.evaluate import (
     concept_recovery,
     concept_scores,
@@ -23,11 +22,6 @@ from saekit.train import TrainConfig, train_sae
 from saekit.world import CONCEPT_INDEX, CONCEPTS
 
 HOOK = "blocks.3.hook_resid_post"
-
-
-@pytest.fixture(scope="module")
-def default():
-    return saekit.load_model()
 
 
 @pytest.fixture(scope="module")

@@ -16,11 +16,6 @@ HOOK = "blocks.3.hook_resid_post"
 OTHER_HOOK = "blocks.1.hook_resid_post"
 
 
-@pytest.fixture(scope="module")
-def default():
-    return saekit.load_model()
-
-
 def random_sae(hook=HOOK, architecture="topk", d_sae=256, k=16, seed=0):
     cfg = SAEConfig(architecture=architecture, d_in=128, d_sae=d_sae, k=k if architecture == "topk" else None,
                     hook_name=hook)

@@ -36,11 +36,6 @@ OTHER_HOOK = "blocks.1.hook_resid_post"
 
 
 @pytest.fixture(scope="module")
-def default():
-    return saekit.load_model()
-
-
-@pytest.fixture(scope="module")
 def ids(default):
     _, tokenizer = default
     return torch.tensor([tokenizer.encode("Once upon a time, Mia saw a red fox in the park.", prepend_bos=True)])

@@ -24,11 +24,6 @@ SMALL = dict(context_size=64, batch_rows=8, shard_bytes=256 * 256 * 4, progress=
 
 
 @pytest.fixture(scope="module")
-def default():
-    return saekit.load_model()
-
-
-@pytest.fixture(scope="module")
 def store(default, tmp_path_factory):
     model, tokenizer = default
     path = tmp_path_factory.mktemp("store") / "s"

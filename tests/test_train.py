@@ -9,17 +9,11 @@ import time
 import pytest
 import torch
 
-import saekit
 from saekit.sae import SAEConfig, create_sae
 from saekit.store import ActivationStream, collect_activations
 from saekit.train import TrainConfig, _Trainer, geometric_median, initialise_b_dec, train_sae, train_saes
 
 HOOK = "blocks.3.hook_resid_post"
-
-
-@pytest.fixture(scope="module")
-def default():
-    return saekit.load_model()
 
 
 @pytest.fixture(scope="module")

@@ -33,13 +33,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from saekit.atomic import fresh_dir, swap_in_dir
 from saekit.sae.base import ARCHITECTURES, SAE, SAEConfig
 
 SAELENS_FORMAT_VERSION = "6.0.0"
@@ -85,23 +85,14 @@ def save_sae(sae: SAE, path: str | os.PathLike, scale: float = 1.0, sparsity: to
     path = Path(path)
     raw = sae.to_raw_space(scale)
     extra = {"folded_scaling_factor": scale, **(extra_metadata or {})}
-    tmp = path.with_name(path.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    tmp = fresh_dir(path)
     (tmp / "cfg.json").write_text(json.dumps(saelens_config(raw, extra), indent=2))
     tensors = {name: t.detach().float().contiguous().cpu() for name, t in raw.saelens_tensors().items()}
     save_file(tensors, str(tmp / "sae_weights.safetensors"))
     if sparsity is not None:
         log_frequency = torch.log10(sparsity.detach().double().clamp_min(1e-10)).float().cpu()
         save_file({"sparsity": log_frequency}, str(tmp / "sparsity.safetensors"))
-    if path.exists():
-        old = path.with_name(path.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(path, old)
-        os.replace(tmp, path)
-        shutil.rmtree(old)
-    else:
-        os.replace(tmp, path)
+    swap_in_dir(tmp, path)
     return path
 
 
