@@ -28,7 +28,7 @@ RUNS = [
     ("TopK", dict(architecture="topk", k=32)),
     ("BatchTopK", dict(architecture="batchtopk", k=32)),
     ("ReLU (April 2024)", dict(architecture="relu", sparsity_coefficient=0.7)),
-    ("Gated", dict(architecture="gated", sparsity_coefficient=1.0)),
+    ("Gated", dict(architecture="gated", sparsity_coefficient=1.5)),
     ("JumpReLU", dict(architecture="jumprelu", sparsity_coefficient=0.05)),
 ]
 D_SAE, STEPS, BATCH = 1024, 500, 4096
