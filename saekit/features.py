@@ -45,7 +45,7 @@ from tqdm import tqdm  # text on stderr: notebooks stay comparable under nbval
 from saekit.evaluate import _raw_batches, scores_to_f1
 from saekit.hooks import resolve, run_until
 from saekit.sae.base import SAE
-from saekit.store import ActivationStore, _pack_labels
+from saekit.store import ActivationStore, unpack_labels
 from saekit.world import CONCEPTS
 
 NO_TOKEN = -1  # window slot outside the document, or outside the tokens read
@@ -524,9 +524,9 @@ def feature_statistics(sae: SAE, store: ActivationStore, model: nn.Module, token
     device = next(sae.parameters()).device
     masks = positives = None
     if getattr(store, "has_labels", False):
-        labels = store.labels()[:n]
-        positives = torch.from_numpy(labels.sum(0)).double()
-        masks = torch.from_numpy(_pack_labels(labels).view(np.int64))  # fewer than 64 concepts: no sign bit
+        stored = np.ascontiguousarray(store.label_masks()[:n])
+        positives = torch.from_numpy(unpack_labels(stored).sum(0)).double()
+        masks = torch.from_numpy(stored.view(np.int64))  # fewer than 64 concepts: no sign bit
 
     state = _Pass(d_sae, d_in, n, n_top, per_interval, left, right, correlation_tokens, masks, positives, seed)
     queue, start = [], 0  # encoded batches waiting for `right` rows after them (their windows' right side)

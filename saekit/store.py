@@ -182,11 +182,15 @@ class ActivationStore:
     def positions(self) -> np.ndarray:
         return self._meta("pos")
 
-    def labels(self) -> np.ndarray:
-        """[n_tokens, n_concepts] bool concept labels (TinyWorld sources only)."""
+    def label_masks(self) -> np.ndarray:
+        """[n_tokens] uint64 concept labels as stored: concept i is bit i (TinyWorld sources only)."""
         if not self.has_labels:
             raise StoreError(f"store {self.path} has no concept labels (its source is {self.manifest['source']})")
-        return unpack_labels(self._meta("labels"))
+        return self._meta("labels")
+
+    def labels(self) -> np.ndarray:
+        """[n_tokens, n_concepts] bool concept labels (TinyWorld sources only)."""
+        return unpack_labels(self.label_masks())
 
     def activations(self, hook: str | None = None, scaled: bool = False) -> torch.Tensor:
         """Every activation of `hook` in memory as float32 [n_tokens, d_in] — for small stores."""
