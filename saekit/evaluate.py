@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from saekit.sae.base import SAE
+from saekit.store import unpack_labels
 
 
 @dataclass
@@ -240,7 +241,7 @@ def concept_recovery(sae: SAE, store, hook: str | None = None, n_tokens: int = 2
     from saekit.world import CONCEPTS
 
     sae = sae.eval()
-    labels = torch.from_numpy(store.labels()[:n_tokens])
+    labels = torch.from_numpy(unpack_labels(store.label_masks()[:n_tokens]))  # unpack only what is read
     totals = None
     offset = 0
     for x in _raw_batches(store, hook, n_tokens, batch_size):
