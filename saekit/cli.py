@@ -92,9 +92,10 @@ def cmd_train_model(args: argparse.Namespace) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
+    from saekit.atomic import write_json_atomic
     from saekit.evaluate import evaluate_sae
     from saekit.sae.io import load_sae
-    from saekit.store import _hook_dims, _write_json_atomic, collect_activations
+    from saekit.store import _hook_dims, collect_activations
 
     sae = load_sae(args.sae)
     hook = args.hook or sae.cfg.hook_name
@@ -110,7 +111,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
               "hook": hook, "model": model.name, "data": args.data, "tokens": args.tokens,
               **evaluate_sae(sae, store, hook, model, tokenizer, args.tokens, args.downstream_rows, args.data)}
     out = Path(args.out) if args.out else Path(args.sae) / "saekit_eval.json"
-    _write_json_atomic(out, report)
+    write_json_atomic(out, report)
     for section in ("reconstruction", "downstream"):
         print(section + ": " + ", ".join(f"{k} {v}" for k, v in report.get(section, {}).items()))
     if "concepts" in report:

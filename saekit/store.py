@@ -46,7 +46,7 @@ import torch
 from tqdm import tqdm  # text on stderr: notebooks stay comparable under nbval
 
 from saekit.allocator import reuse_freed_memory
-from saekit.atomic import write_text_atomic
+from saekit.atomic import write_json_atomic
 from saekit.data import TinyWorldSource, pack_rows, text_source
 from saekit.hooks import hook_points, resolve, run_until
 from saekit.world import CONCEPTS
@@ -71,10 +71,6 @@ def model_fingerprint(model: torch.nn.Module) -> str:
         digest.update(str(tuple(tensor.shape)).encode())
         digest.update(flat.tobytes())
     return digest.hexdigest()[:16]
-
-
-def _write_json_atomic(path: Path, data: dict) -> None:
-    write_text_atomic(path, json.dumps(data, indent=1))
 
 
 def _pack_labels(labels: np.ndarray) -> np.ndarray:
@@ -531,7 +527,7 @@ class _ShardWriter:
             try:
                 if name is not None:
                     _write_shard(self.path, name, acts, meta, self.dtype)
-                _write_json_atomic(self.path / MANIFEST, manifest)
+                write_json_atomic(self.path / MANIFEST, manifest)
             except BaseException as exc:  # handed to the collecting thread
                 self.error = exc
 
@@ -565,7 +561,7 @@ def _open_for_writing(path: Path, expected: dict, fresh: dict, n_tokens: int) ->
         if path.exists() and any(path.iterdir()):
             raise StoreError(f"{path} exists and is not an activation store; choose an empty or new directory")
         path.mkdir(parents=True, exist_ok=True)
-        _write_json_atomic(manifest_path, fresh)
+        write_json_atomic(manifest_path, fresh)
         return fresh
     try:
         manifest = json.loads(manifest_path.read_text())
