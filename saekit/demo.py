@@ -82,6 +82,10 @@ def run_demo(out_dir: str | os.PathLike, model_path: str | None = None, hook: st
     downstream = downstream_metrics(model, tokenizer, sae, n_rows=cfg.downstream_rows)
     concepts = concept_recovery(sae, held_out)
     stage("evaluate", start)
+    if progress:
+        print(f"  explained variance {reconstruction.explained_variance:.3f} at L0 {reconstruction.l0:.0f}; "
+              f"the model's loss with the SAE spliced in {downstream.delta_ce:+.4f} nats; "
+              f"concept coverage {concepts.coverage:.2f} (mean best F1 over {len(concepts.rows)} concepts)", flush=True)
 
     start = time.perf_counter()
     stats = feature_statistics(sae, held_out, model, tokenizer, progress=progress)
