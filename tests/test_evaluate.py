@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+import saekit
 from saekit.evaluate import (
     concept_recovery,
     concept_scores,
@@ -63,6 +64,17 @@ def test_a_zero_sae_matches_zero_ablation(default, store):
     assert d.kl_sae == pytest.approx(d.kl_zero) and d.kl_score == pytest.approx(0.0, abs=1e-6)
     m = reconstruction_metrics(zero_sae(), store, HOOK)
     assert m.l0 == 0 and m.dead_fraction == 1.0 and m.l2_ratio == 0
+
+
+@pytest.mark.parametrize("era", ["current-2026-07", "early-2025-10"])
+def test_the_splice_works_on_real_nanochat_checkpoints(era):
+    model, tokenizer = saekit.load_model(f"tests/fixtures/nanochat/{era}")
+    hook = f"blocks.{model.config.n_layer - 1}.hook_resid_post"
+    d_in = model.config.n_embd
+    perfect = downstream_metrics(model, tokenizer, identity_sae(d_in), hook, n_rows=2, context_size=32)
+    assert abs(perfect.delta_ce) < 1e-5 and perfect.kl_sae < 1e-6
+    zero = downstream_metrics(model, tokenizer, zero_sae(d_in), hook, n_rows=2, context_size=32)
+    assert zero.ce_sae == pytest.approx(zero.ce_zero, abs=1e-6) and zero.kl_sae > 0
 
 
 def test_keeping_the_error_term_reproduces_the_clean_model(default):
