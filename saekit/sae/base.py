@@ -35,14 +35,16 @@ class SAEConfig:
     architecture: str
     d_in: int
     d_sae: int
-    k: int | None = None  # topk, batchtopk: active latents per token
+    k: int | None = None  # topk, batchtopk, matryoshka: active latents per token (on average for the batch kinds)
     sparsity_coefficient: float = 0.0  # relu (L1), gated (L1 of the gate), jumprelu (L0)
     decoder_norm_penalty: bool = True  # relu: April-2024 recipe (True) or classic unit-norm decoder (False)
     aux_k: int | None = None  # topk family: latents in the AuxK loss (default d_in // 2)
     aux_coefficient: float = 1 / 32
     jumprelu_bandwidth: float = 0.1  # jumprelu: width of the rectangle kernel (in scaled units)
     jumprelu_init_threshold: float = 0.5
-    threshold_momentum: float = 0.9  # batchtopk: EMA of the smallest kept activation (fast: it drifts down)
+    threshold_momentum: float = 0.9  # batchtopk, matryoshka: EMA of the smallest kept activation (fast: it drifts down)
+    # matryoshka: widths of the nested prefixes, increasing, the last d_sae (None: d_sae/16, d_sae/4, d_sae)
+    matryoshka_widths: list[int] | None = None
     hook_name: str = ""
     metadata: dict = field(default_factory=dict)  # model, store, training facts; saved under cfg.json's metadata
 
@@ -52,7 +54,7 @@ class SAEConfig:
             problems.append(f"architecture must be one of {sorted(ARCHITECTURES)}, got {self.architecture!r}")
         if self.d_in <= 0 or self.d_sae <= 0:
             problems.append(f"d_in and d_sae must be positive, got {self.d_in} and {self.d_sae}")
-        if self.architecture in ("topk", "batchtopk"):
+        if self.architecture in ("topk", "batchtopk", "matryoshka"):
             if self.k is None or not 0 < self.k <= self.d_sae:
                 problems.append(f"{self.architecture} needs 0 < k <= d_sae ({self.d_sae}), got k={self.k}")
             aux_k = self.aux_k if self.aux_k is not None else self.d_in // 2
@@ -65,6 +67,19 @@ class SAEConfig:
             problems.append("jumprelu_bandwidth and jumprelu_init_threshold must be positive")
         if not 0 <= self.threshold_momentum < 1:
             problems.append(f"threshold_momentum must be in [0, 1), got {self.threshold_momentum}")
+        if self.architecture == "matryoshka" and self.matryoshka_widths is None and self.d_sae > 0:
+            self.matryoshka_widths = sorted({w for w in (self.d_sae // 16, self.d_sae // 4, self.d_sae) if w > 0})
+        if isinstance(self.matryoshka_widths, tuple):  # a list, as it comes back from cfg.json
+            self.matryoshka_widths = list(self.matryoshka_widths)
+        widths = self.matryoshka_widths
+        if widths is not None and self.architecture != "matryoshka":
+            problems.append(f"matryoshka_widths is for architecture='matryoshka', not {self.architecture!r}")
+        elif widths is not None:
+            increasing = all(isinstance(w, int) and w > 0 for w in widths) and all(
+                a < b for a, b in zip(widths, widths[1:]))
+            if not (widths and increasing and widths[-1] == self.d_sae):
+                problems.append(f"matryoshka_widths must be increasing positive integers ending at d_sae "
+                                f"({self.d_sae}), got {widths}")
         if problems:
             raise ValueError("invalid SAEConfig: " + "; ".join(problems))
 

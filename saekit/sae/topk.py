@@ -45,13 +45,18 @@ class TopKSAE(SAE):
     def _sparse_output(self, x, x_in, pre, chosen: Chosen, pre_values: torch.Tensor, dead) -> SAEOutput:
         values = F.relu(chosen_values(pre_values, x_in, self.W_enc, self.b_enc, chosen))
         x_hat = sparse_decode(values, chosen, self.W_dec) + self.b_dec
-        losses = {"reconstruction": self.reconstruction_loss(x, x_hat)}
+        losses = self._reconstruction_losses(x, x_hat, values, chosen)
         if dead is not None:
             losses["auxk"] = auxk_loss(x_in.detach(), pre, self.W_enc, self.b_enc, self.W_dec, (x - x_hat).detach(),
                                        dead, self.aux_k, self.cfg.aux_coefficient)
         active = values > 0
         fire_counts = torch.bincount(chosen.cols[active], minlength=self.cfg.d_sae)
         return SAEOutput(x_hat, losses, sum(losses.values()), active.sum().float() / len(x), fire_counts)
+
+    def _reconstruction_losses(self, x: torch.Tensor, x_hat: torch.Tensor, values: torch.Tensor,
+                               chosen: Chosen) -> dict[str, torch.Tensor]:
+        """The reconstruction term(s) of the loss (Matryoshka adds one per nested prefix of the dictionary)."""
+        return {"reconstruction": self.reconstruction_loss(x, x_hat)}
 
     def _fold_decoder_norms(self) -> None:
         # Folding *unequal* norms into the encoder would change which k latents win (SAELens refuses it
