@@ -2,6 +2,7 @@
 SAE training on several processes with torch's own engine: `torchrun` starts them, DDP averages gradients.
 
     torchrun --nproc_per_node 2 -m saekit.distributed --config run.json
+    torchrun --nproc_per_node 2 -m saekit.cli train --config run.json      (the same, with `saekit train`'s flags)
 
 Data parallel over the batch. Every rank reads the *same* global batch (same store, same seed, so
 the same shuffled order: no sampler, no drift between ranks), trains on its 1/W slice, and
@@ -130,12 +131,27 @@ def train_from_config(config: dict, distributed: Distributed | None = None, prog
     model = store.manifest.get("model") or {}
     defaults = {"d_in": store.d_in(hook), "hook_name": hook or next(iter(store.hooks)),
                 "metadata": {"model_name": model.get("name", ""), "context_size": store.manifest.get("context_size")}}
-    saes = [create_sae(SAEConfig.from_dict({**defaults, **spec})) for spec in specs]
+    saes = [create_sae(SAEConfig.from_dict({**defaults, **spec})).to(distributed.device) for spec in specs]
     results = train_saes(saes, store, cfg, hook, progress=progress, distributed=distributed)
     if distributed.is_main:
         out = Path(config["out"])
         for i, result in enumerate(results):
             result.save(out if len(results) == 1 else out / str(i))
+    return results
+
+
+def run(config: dict, progress: bool = True, device: str | torch.device = "cpu") -> list[TrainResult]:
+    """`train_from_config` in this process: one rank of a torchrun job (its device is cuda:LOCAL_RANK with
+    nccl), or alone on `device`. Rank 0 says where the SAEs went."""
+    distributed = init_distributed()
+    if distributed.world_size == 1:
+        distributed = Distributed(device=torch.device(device))
+    results = train_from_config(config, distributed, progress)
+    if distributed.is_main:
+        print(f"saved to {config['out']}")
+    if dist.is_initialized():  # only after success: after an error, torchrun stops the other ranks
+        dist.barrier()  # the other ranks wait while rank 0 saves, so that all leave the group together
+        dist.destroy_process_group()
     return results
 
 
@@ -146,14 +162,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--config", required=True, help="JSON file: store, hook, sae, train, out")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
-    config = json.loads(Path(args.config).read_text())
-    distributed = init_distributed()
-    train_from_config(config, distributed, not args.no_progress)
-    if distributed.is_main:
-        print(f"saved to {config['out']}")
-    if dist.is_initialized():  # only after success: after an error, torchrun stops the other ranks
-        dist.barrier()  # the other ranks wait while rank 0 saves, so that all leave the group together
-        dist.destroy_process_group()
+    run(json.loads(Path(args.config).read_text()), not args.no_progress)
 
 
 if __name__ == "__main__":

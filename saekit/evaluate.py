@@ -68,7 +68,9 @@ def reconstruction_metrics(sae: SAE, store, hook: str | None = None, n_tokens: i
     sums = dict.fromkeys(["sq_err", "sq_norm", "cos", "ratio", "hat_sq", "dot", "l0", "l1"], 0.0)
     total = torch.zeros(sae.cfg.d_in, dtype=torch.float64)
     fires = torch.zeros(sae.cfg.d_sae, dtype=torch.float64)
+    device = next(sae.parameters()).device
     for x in _raw_batches(store, hook, n_tokens, batch_size):
+        x = x.to(device)
         f = sae.encode(x)
         x_hat = sae.decode(f).double()
         x64 = x.double()
@@ -82,8 +84,8 @@ def reconstruction_metrics(sae: SAE, store, hook: str | None = None, n_tokens: i
         active = f > 0
         sums["l0"] += float(active.sum())
         sums["l1"] += float(f.double().sum())
-        fires += active.sum(0).double()
-        total += x64.sum(0)
+        fires += active.sum(0).double().cpu()
+        total += x64.sum(0).cpu()
         n += len(x)
     if n == 0:
         raise ValueError("no tokens to evaluate on")
@@ -223,10 +225,15 @@ def concept_scores(active: torch.Tensor, labels: torch.Tensor) -> dict[str, torc
 
 
 def scores_to_f1(tp: torch.Tensor, fires: torch.Tensor, positives: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    precision = tp / fires[:, None].clamp_min(1)
-    recall = tp / positives[None, :].clamp_min(1)
-    f1 = 2 * precision * recall / (precision + recall).clamp_min(1e-12)
-    return precision, recall, f1
+    """Precision, recall and F1 [d_sae, n_concepts] from `concept_scores`' counts."""
+    return f1_from_counts(tp, fires[:, None], positives[None, :])
+
+
+def f1_from_counts(tp: torch.Tensor, fires: torch.Tensor, positives: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Precision, recall and F1 from true positives, firing counts and label counts that broadcast together."""
+    precision = tp / fires.clamp_min(1)
+    recall = tp / positives.clamp_min(1)
+    return precision, recall, 2 * precision * recall / (precision + recall).clamp_min(1e-12)
 
 
 @torch.no_grad()
@@ -242,10 +249,11 @@ def concept_recovery(sae: SAE, store, hook: str | None = None, n_tokens: int = 2
 
     sae = sae.eval()
     labels = torch.from_numpy(unpack_labels(store.label_masks()[:n_tokens]))  # unpack only what is read
+    device = next(sae.parameters()).device
     totals = None
     offset = 0
     for x in _raw_batches(store, hook, n_tokens, batch_size):
-        scores = concept_scores(sae.encode(x) > 0, labels[offset:offset + len(x)])
+        scores = concept_scores((sae.encode(x.to(device)) > 0).cpu(), labels[offset:offset + len(x)])
         totals = scores if totals is None else {k: totals[k] + v for k, v in scores.items()}
         offset += len(x)
     precision, recall, f1 = scores_to_f1(totals["tp"], totals["fires"], totals["positives"])
@@ -278,6 +286,49 @@ def plot_concepts(report: ConceptRecovery, ax=None):
     ax.set_xlabel("F1 of the best single latent")
     ax.set_title(f"coverage {report.coverage:.2f}; {report.concepts_found} concepts with F1 >= 0.8")
     return ax
+
+
+@dataclass
+class ConceptProbes:
+    """How well each TinyWorld concept can be read out *linearly* from the activations: the ceiling for one latent."""
+
+    rows: list[dict]  # per concept: kind, precision, recall, f1 on held-out tokens, frequency
+    mean_f1: float
+
+    def f1(self) -> dict[str, float]:
+        return {r["concept"]: r["f1"] for r in self.rows}
+
+
+@torch.no_grad()
+def concept_probes(store, hook: str | None = None, n_tokens: int = 100_000, thresholds: int = 64) -> ConceptProbes:
+    """A least-squares linear probe per concept, fitted on the first half of `n_tokens` tokens, scored on the second.
+
+    Every concept gets its own direction and bias (one multi-output least-squares fit) and its own threshold,
+    the one with the best F1 on the training half among `thresholds` quantiles of its scores. The held-out F1
+    says how linearly present a concept is; a single SAE latent (a direction, a bias, a ReLU) can hardly do
+    better, so comparing a latent's F1 with this one separates "the model does not represent it" from "the
+    SAE did not find it".
+    """
+    from saekit.world import CONCEPTS
+
+    x = torch.cat(list(_raw_batches(store, hook, n_tokens, 65_536))).double()
+    y = torch.from_numpy(unpack_labels(store.label_masks()[:len(x)])).double()
+    half = len(x) // 2
+    design = torch.cat([x - x[:half].mean(0), torch.ones(len(x), 1, dtype=x.dtype)], dim=1)
+    weights = torch.linalg.lstsq(design[:half], y[:half]).solution
+    scores = design @ weights
+    quantiles = torch.linspace(0.5, 1.0, thresholds + 1, dtype=x.dtype)[:-1]
+    cuts = torch.quantile(scores[:half].float(), quantiles.float(), dim=0).double()  # [thresholds, C]
+    fires = scores[:half, None, :] > cuts[None]  # [half, thresholds, C]
+    tp = (fires & (y[:half, None, :] > 0)).sum(0).double()
+    _, _, train_f1 = f1_from_counts(tp, fires.sum(0).double(), y[:half].sum(0))
+    best = cuts.gather(0, train_f1.argmax(0, keepdim=True))[0]  # [C]
+    test_fires, test_y = scores[half:] > best, y[half:] > 0
+    tp, n_fires, positives = (test_fires & test_y).sum(0).double(), test_fires.sum(0).double(), test_y.sum(0).double()
+    precision, recall, f1 = f1_from_counts(tp, n_fires, positives)
+    rows = [{"concept": c.name, "kind": c.kind, "precision": float(precision[i]), "recall": float(recall[i]),
+             "f1": float(f1[i]), "frequency": float(positives[i] / len(test_y))} for i, c in enumerate(CONCEPTS)]
+    return ConceptProbes(rows, float(f1.mean()))
 
 
 # --------------------------------------------------------------------------- sweeps and Pareto frontiers

@@ -354,35 +354,40 @@ def _write_shard(store: Path, name: str, acts: dict[str, list[torch.Tensor]], me
 
 
 def _expected_manifest(model, hooks: dict[str, int], source_info: dict, context_size: int, batch_rows: int,
-                       dtype: str, exclude_special: bool, labels: bool) -> dict:
+                       dtype: str, exclude_special: bool, labels: bool, autocast: torch.dtype | None) -> dict:
     return {
         "version": FORMAT_VERSION,
         "model": {"name": getattr(model, "name", type(model).__name__), "fingerprint": model_fingerprint(model),
                   "config": model.config.nanochat_config() if hasattr(model, "config") else None},
         "source": source_info, "hooks": hooks, "dtype": dtype, "context_size": context_size, "batch_rows": batch_rows,
         "exclude_special": exclude_special, "labels": labels,
+        **({"autocast": str(autocast).removeprefix("torch.")} if autocast is not None else {}),
     }
 
 
 def _check_resumable(path: Path, existing: dict, expected: dict) -> None:
     for key in ("version", "model", "source", "hooks", "dtype", "context_size", "batch_rows", "exclude_special",
-                "labels"):
-        if existing.get(key) != expected[key]:
+                "labels", "autocast"):
+        if existing.get(key) != expected.get(key):
             raise StoreError(f"cannot resume the store at {path}: its {key} is {existing.get(key)!r}, but this "
-                             f"collection has {expected[key]!r}. Use another directory, or delete this one.")
+                             f"collection has {expected.get(key)!r}. Use another directory, or delete this one.")
 
 
 def collect_activations(model: torch.nn.Module, tokenizer, hooks: str | list[str], n_tokens: int,
                         out_dir: str | os.PathLike | None = None, *, source="tinyworld",
                         context_size: int | None = None, batch_rows: int = 32, dtype: str = "float32",
                         exclude_special: bool = True, shard_bytes: int = 64 * 2**20,
-                        progress: bool = True) -> ActivationStore:
+                        autocast: torch.dtype | None = None, progress: bool = True) -> ActivationStore:
     """Collect `n_tokens` activations at `hooks` into a store at `out_dir` (or in memory if None).
 
     `source` is a text source or its spec (`"tinyworld"`, `"tinyworld:SEED"`, file paths; see
     `saekit.data.text_source`). Rows of `context_size` tokens (default: the model's context, at most
     256) start with BOS and are packed as nanochat packs them. Run again on the same `out_dir` to
     resume an interrupted collection or extend a finished one to more tokens.
+
+    `autocast` (e.g. `torch.bfloat16`) runs the model's forward passes under `torch.autocast` on the
+    model's device, parameters unchanged: mixed precision, as nanochat itself runs on GPUs. The
+    manifest records it (only when set), and a store is resumed only with the same setting.
     """
     hooks = [hooks] if isinstance(hooks, str) else list(dict.fromkeys(hooks))
     reuse_freed_memory()
@@ -400,7 +405,7 @@ def collect_activations(model: torch.nn.Module, tokenizer, hooks: str | list[str
     dims = _hook_dims(model, hooks)
     labels = isinstance(source, TinyWorldSource) and source.labels
     expected = _expected_manifest(model, dims, source.describe(), context_size, batch_rows, dtype, exclude_special,
-                                  labels)
+                                  labels, autocast)
 
     path = None if out_dir is None else Path(out_dir)
     manifest = {**expected, "shards": [], "rows_consumed": 0, "target_tokens": n_tokens, "complete": False}
@@ -445,7 +450,7 @@ def collect_activations(model: torch.nn.Module, tokenizer, hooks: str | list[str
                 break
             first_row = manifest["rows_consumed"] + sum(r for r, _ in buffer.batch_kept)
             acts, norms, meta = _batch_activations(model, batch, hooks, dims, special, exclude_special, labels, dtype,
-                                                   first_row)
+                                                   first_row, autocast)
             kept = len(meta["tokens"])
             buffer.add({h: a[drop:] for h, a in acts.items()}, {h: n[drop:] for h, n in norms.items()},
                        {k: m[drop:] for k, m in meta.items()}, len(batch), kept)
@@ -481,13 +486,15 @@ def _scaling(manifest: dict) -> dict[str, dict[str, float]]:
     return out
 
 
-def _batch_activations(model, batch, hooks, dims, special, exclude_special, labels, dtype, first_row):
-    """One forward pass (stopped after the last hook) over a batch of rows: the kept tokens' activations (in the
-    storage dtype), their norms (of the stored values, in float64) and their token facts."""
+def _batch_activations(model, batch, hooks, dims, special, exclude_special, labels, dtype, first_row, autocast=None):
+    """One forward pass (stopped after the last hook, under autocast if given) over a batch of rows: the kept
+    tokens' activations (in the storage dtype), their norms (of the stored values, in float64) and their token
+    facts."""
     ids = np.stack([row.ids for row in batch])
     keep = ~np.isin(ids, special) if exclude_special else np.ones(ids.shape, dtype=bool)
     device = next(model.parameters()).device
-    captured = run_until(model, torch.from_numpy(ids).to(device), hooks)
+    with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
+        captured = run_until(model, torch.from_numpy(ids).to(device), hooks)
     flat_keep = torch.from_numpy(keep.reshape(-1))
     acts, norms = {}, {}
     for hook in hooks:

@@ -22,8 +22,8 @@ Data comes from an `ActivationStore` (or anything with `batches(batch_size, seed
 
 Under `torchrun`, `distributed=saekit.distributed.init_distributed()` trains data-parallel: each
 rank takes its slice of the same global batch, DDP averages the gradients, and batch statistics are
-reduced across ranks, so the result equals one process with the same global batch (BatchTopK
-aside; see `saekit.distributed`).
+reduced across ranks, so the result equals one process with the same global batch (BatchTopK and
+Matryoshka aside; see `saekit.distributed`).
 """
 
 from __future__ import annotations
@@ -134,7 +134,7 @@ class _Trainer:
     def __init__(self, sae: SAE, cfg: TrainConfig, distributed: Distributed | None = None):
         self.sae, self.cfg, self.distributed = sae, cfg, distributed
         self.wrapped = sae if distributed is None else distributed.wrap(sae)  # what the training forward calls
-        lr = cfg.lr or (default_lr(sae.cfg.d_sae) if sae.architecture in ("topk", "batchtopk")
+        lr = cfg.lr or (default_lr(sae.cfg.d_sae) if sae.architecture in ("topk", "batchtopk", "matryoshka")
                         else DEFAULT_LR[sae.architecture])
         self.optimizer = torch.optim.Adam(sae.parameters(), lr=lr, betas=cfg.betas)
         self.base_lr = lr
@@ -306,7 +306,8 @@ def train_saes(saes: list[SAE], data, cfg: TrainConfig, hook: str | None = None,
     seed=..., start=...)` and `scaling_factor()`. With `checkpoint_every`, an interrupted run resumes
     from its last checkpoint when called again with the same arguments. With `distributed` (from
     `saekit.distributed.init_distributed`, one call per rank) the ranks share each batch; only rank 0
-    shows progress and writes checkpoints, and every rank returns the same results.
+    shows progress and writes checkpoints, and every rank returns the same results. The SAEs train on
+    the device they are on (under `distributed`, its device).
     """
     if not saes:
         raise ValueError("train_saes needs at least one SAE")
@@ -338,13 +339,12 @@ def train_saes(saes: list[SAE], data, cfg: TrainConfig, hook: str | None = None,
         raise ValueError(f"rank {distributed.rank} would start at step {start} but another rank would not: every rank "
                          f"must see the same checkpoint_dir ({cfg.checkpoint_dir}) on a shared filesystem")
     main = distributed is None or distributed.is_main
+    device = next(saes[0].parameters()).device  # batches come from the store on the CPU
     scale = data.scaling_factor(hook)
     batches = data.batches(cfg.batch_size, hook, seed=cfg.seed, start=start)
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="train", disable=not (progress and main))
     for step in bar:
-        x = next(batches)
-        if distributed is not None:
-            x = x.to(distributed.device)
+        x = next(batches).to(device)
         for trainer in trainers:
             trainer.step(step, x)
         if step % cfg.log_every == 0:

@@ -73,3 +73,145 @@ def test_eval_refuses_an_sae_of_the_wrong_width(tmp_path):
     with pytest.raises(SystemExit, match="d_in=64 .* width 128"):
         main(["eval", str(sae_dir), "--out", str(tmp_path / "report.json")])
     assert not (tmp_path / "report.json").exists()
+
+
+# --------------------------------------------------------------------------- the pipeline: collect, train, eval, ...
+
+HOOK = "blocks.3.hook_resid_post"
+TRAIN = {"store": None, "hook": HOOK, "sae": {"architecture": "topk", "d_sae": 64, "k": 4},
+         "train": {"steps": 12, "batch_size": 256, "log_every": 1, "lr_warmup_steps": 2, "checkpoint_every": 4},
+         "out": None}
+
+
+@pytest.fixture(scope="module")
+def store_dir(tmp_path_factory):
+    """A 3,000-token store, collected from a config file whose token count a flag overrides."""
+    folder = tmp_path_factory.mktemp("collect")
+    (folder / "collect.json").write_text(json.dumps({"out": str(folder / "store"), "hook": [HOOK], "tokens": 500,
+                                                     "data": "tinyworld:0", "batch-rows": 8, "no_progress": True}))
+    main(["collect", "--config", str(folder / "collect.json"), "--tokens", "3000"])
+    return folder / "store"
+
+
+def test_collect_takes_a_config_file_whose_settings_flags_override(store_dir, capsys):
+    manifest = json.loads((store_dir / "manifest.json").read_text())
+    assert manifest["batch_rows"] == 8 and manifest["hooks"] == {HOOK: 128} and "autocast" not in manifest
+    assert sum(s["tokens"] for s in manifest["shards"]) == 3000  # --tokens beat the file's 500
+    main(["collect", "--out", str(store_dir), "--hook", HOOK, "--tokens", "3000", "--batch-rows", "8"])
+    assert "resuming the store at" in capsys.readouterr().out  # nothing left to do, nothing rewritten
+
+
+def test_config_errors_name_the_valid_keys(tmp_path):
+    (tmp_path / "bad.json").write_text(json.dumps({"out": "x", "tokns": 5}))
+    with pytest.raises(SystemExit, match=r"collect: error: unknown keys \['tokns'\] in .*valid keys: .*'tokens'"):
+        main(["collect", "--config", str(tmp_path / "bad.json")])
+    (tmp_path / "bad.json").write_text(json.dumps({"dtype": "float64"}))
+    with pytest.raises(SystemExit, match="dtype must be one of"):
+        main(["collect", "--config", str(tmp_path / "bad.json")])
+    (tmp_path / "bad.json").write_text(json.dumps({"no-progress": "yes"}))
+    with pytest.raises(SystemExit, match="no_progress must be true or false"):
+        main(["collect", "--config", str(tmp_path / "bad.json")])
+    (tmp_path / "train.json").write_text(json.dumps({**TRAIN, "store": "s", "out": "o", "epochs": 2}))
+    with pytest.raises(SystemExit, match=r"unknown keys \['epochs'\] .*valid keys: \['hook', 'out', 'sae', 'store'"):
+        main(["train", "--config", str(tmp_path / "train.json")])
+    (tmp_path / "train.json").write_text(json.dumps({**TRAIN, "store": "s", "out": "o", "train": {"stps": 3}}))
+    with pytest.raises(SystemExit, match=r"unknown keys \['stps'\] in the config's train; valid keys: \['steps'"):
+        main(["train", "--config", str(tmp_path / "train.json")])
+    with pytest.raises(SystemExit, match="sae must be an object of SAEConfig settings or a list"):
+        main(["train", "--store", "s", "--out", "o", "--sae", '"topk"'])
+    with pytest.raises(SystemExit, match="--out is required"):
+        main(["collect", "--tokens", "10"])
+    with pytest.raises(SystemExit, match="--device: expected cpu, cuda"):
+        main(["collect", "--out", str(tmp_path / "s"), "--device", "gpu"])
+
+
+def test_device_defaults():
+    from argparse import Namespace
+
+    from saekit.cli import _device, _hardware_default
+
+    assert _device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    gpu, cpu = Namespace(device="cuda:1"), Namespace(device="cpu")
+    assert (_hardware_default(gpu, "batch_rows"), _hardware_default(gpu, "autocast")) == (128, "bfloat16")
+    assert (_hardware_default(cpu, "batch_rows"), _hardware_default(cpu, "autocast")) == (32, "none")
+
+
+def test_collect_under_bfloat16_autocast_on_cpu(store_dir, tmp_path):
+    from saekit.store import ActivationStore
+
+    main(["collect", "--out", str(tmp_path / "bf16"), "--hook", HOOK, "--tokens", "3000", "--batch-rows", "8",
+          "--device", "cpu", "--autocast", "bfloat16", "--no-progress"])
+    exact, mixed = ActivationStore(store_dir), ActivationStore(tmp_path / "bf16")
+    assert mixed.manifest["autocast"] == "bfloat16" and mixed.dtype == "float32"
+    assert (mixed.tokens() == exact.tokens()).all()
+    a, b = exact.activations(), mixed.activations()
+    relative = (a - b).norm(dim=1) / a.norm(dim=1)
+    assert 0 < relative.mean() < 0.02 and relative.max() < 0.05  # bfloat16 keeps 8 bits of mantissa
+    with pytest.raises(SystemExit, match="its autocast is 'bfloat16', but this collection has None"):
+        main(["collect", "--out", str(tmp_path / "bf16"), "--hook", HOOK, "--tokens", "4000", "--batch-rows", "8",
+              "--autocast", "none"])
+
+
+def test_pipeline_train_eval_dashboard_export(store_dir, tmp_path, capsys):
+    config = tmp_path / "run.json"
+    config.write_text(json.dumps({**TRAIN, "store": str(store_dir), "out": str(tmp_path / "sae")}))
+    main(["train", "--config", str(config), "--no-progress"])
+    sae_dir = tmp_path / "sae"
+    cfg = json.loads((sae_dir / "cfg.json").read_text())
+    assert cfg["d_sae"] == 64 and cfg["metadata"]["hook_name"] == HOOK
+    assert (tmp_path / "sae-checkpoints" / "checkpoint.pt").is_file()  # beside the SAE, which a save replaces
+
+    main(["eval", str(sae_dir), "--store", str(store_dir), "--tokens", "2000", "--downstream-rows", "2"])
+    report = json.loads((sae_dir / "saekit_eval.json").read_text())
+    assert report["tokens"] == 2000 and report["data"] == str(store_dir.resolve())
+    assert report["reconstruction"]["l0"] == pytest.approx(4.0) and len(report["concepts"]["rows"]) == len(CONCEPTS)
+
+    main(["dashboard", str(sae_dir), "--store", str(store_dir), "--tokens", "2000", "--per-page", "40",
+          "--latents", "all", "--n-top", "5"])
+    dashboard = sae_dir / "dashboard"
+    assert sorted(p.name for p in dashboard.iterdir()) == ["dashboard.json", "feature_stats.npz",
+                                                           "features_00000.html", "features_00040.html", "index.html"]
+    assert 'href="features_00040.html"' in (dashboard / "index.html").read_text()
+    facts = json.loads((dashboard / "dashboard.json").read_text())
+    assert facts["model"] == "nanochat-tinyworld" and facts["n_layer"] == 6 and facts["tokens"] == 2000
+    assert facts["data"] == "tinyworld:0" and facts["store"] == str(store_dir.resolve())
+
+    (tmp_path / "export.toml").write_text(f'out = "{tmp_path / "np"}"\ncreated-at = "2026-01-01T00:00:00Z"\n'
+                                          'batch_size = 32\n')
+    main(["export", str(sae_dir), "--config", str(tmp_path / "export.toml")])
+    source = tmp_path / "np" / "nanochat-tinyworld" / "3-saekit-res-64"
+    assert len(list((source / "features").iterdir())) == 2  # 64 latents in batches of 32
+    assert json.loads((source / "source.jsonl").read_text())["saelensConfig"]["d_sae"] == 64
+    assert json.loads((source / "model.jsonl").read_text())["layers"] == 6
+    batches = tmp_path / "np" / "saedashboard" / f"nanochat-tinyworld_saekit-res-64_{HOOK}_64"
+    assert len(json.loads((batches / "batch-1.json").read_text())["features"]) == 32
+    out = capsys.readouterr().out
+    assert "Neuronpedia export:" in out and "SAEDashboard batches:" in out
+
+
+def test_train_resumes_bit_identical(store_dir, tmp_path, monkeypatch, capsys):
+    import saekit.train
+    from saekit.sae.io import load_sae
+
+    args = ["--store", str(store_dir), "--d-sae", "64", "--k", "4", "--steps", "12", "--batch-size", "256",
+            "--checkpoint-every", "4", "--no-progress"]
+    main(["train", *args, "--out", str(tmp_path / "whole")])
+
+    save = saekit.train._save_checkpoint
+    saved = []
+
+    def save_then_die(path, trainers, step, cfg):
+        save(path, trainers, step, cfg)
+        saved.append(step)
+        if step == 8:
+            raise KeyboardInterrupt  # killed after the step-8 checkpoint
+
+    monkeypatch.setattr(saekit.train, "_save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        main(["train", *args, "--out", str(tmp_path / "resumed")])
+    assert saved == [4, 8] and not (tmp_path / "resumed").exists()
+    main(["train", *args, "--out", str(tmp_path / "resumed")])
+    assert "resuming from the checkpoint" in capsys.readouterr().out and saved == [4, 8]  # no step-4/8 redone
+    whole, resumed = load_sae(tmp_path / "whole"), load_sae(tmp_path / "resumed")
+    for name, tensor in whole.state_dict().items():
+        assert torch.equal(tensor, resumed.state_dict()[name]), name

@@ -8,6 +8,7 @@ import torch
 
 import saekit
 from saekit.evaluate import (
+    concept_probes,
     concept_recovery,
     concept_scores,
     downstream_metrics,
@@ -163,3 +164,26 @@ def test_sweep_and_pareto_plot(default, store):
     fig = plot_pareto(rows)
     assert len(fig.axes) == 3
     json.dumps(rows)  # plain numbers, ready for a report
+
+
+def test_concept_probes_find_a_linear_concept_and_not_a_random_one():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(20_000, 16, generator=g)
+    linear = (x[:, 3] - 0.5 * x[:, 7] > 1.0).numpy()  # concept 0: a half-space, exactly what a probe can draw
+    noise = (torch.rand(20_000, generator=g) < 0.1).numpy()  # concept 1: labels unrelated to x
+    store = InMemoryStore.from_tensor(x)
+    store.manifest["labels"] = True
+    store._meta_arrays["labels"] = linear.astype(np.uint64) | (noise.astype(np.uint64) << np.uint64(1))
+    probes = concept_probes(store, n_tokens=20_000)
+    f1 = [r["f1"] for r in probes.rows]
+    assert f1[0] > 0.9, "a concept that is a half-space of the activations must be read out almost perfectly"
+    assert f1[1] < 0.25, "a probe cannot predict labels that are independent of the activations"
+    assert probes.rows[0]["frequency"] == pytest.approx(linear[10_000:].mean())
+    assert probes.f1()[CONCEPTS[0].name] == f1[0]
+
+
+def test_concept_probes_on_the_default_model(store):
+    probes = concept_probes(store, HOOK, n_tokens=30_000)
+    by_name = probes.f1()
+    assert len(by_name) == len(CONCEPTS) and 0 < probes.mean_f1 < 1
+    assert by_name["name"] > 0.9 and by_name["digit"] > 0.9  # word categories are linear in the residual stream
