@@ -12,7 +12,8 @@ The public API, by stage of the pipeline:
   into an `ActivationStore`;
 - SAEs: `SAEConfig`, `create_sae`, `save_sae`, `load_sae` (SAELens v6 folders, and SAELens's own SAEs);
   `TrainConfig`, `train_sae`, `train_saes` (several SAEs on one pass);
-- evaluation: `reconstruction_metrics`, `downstream_metrics`, `concept_recovery`, `evaluate_sae`, `sweep`;
+- evaluation: `reconstruction_metrics`, `downstream_metrics`, `concept_recovery`, `concept_probes` (the
+  linear ceiling), `evaluate_sae`, `sweep`;
 - features: `feature_statistics` -> `FeatureStats` (cards in Jupyter), `write_feature_page`;
   `saekit.explorer.FeatureExplorer` (ipywidgets, imported on demand);
 - steering: `steer`, `clamp`, `ablate`, `intervene`, `max_activations`; `stream` (top features per
@@ -26,7 +27,14 @@ and `saekit.neuronpedia_export` (SAEDashboard batches, Neuronpedia's export layo
 from saekit.capabilities import run_probes
 from saekit.cards import write_feature_page
 from saekit.data import FileSource, TinyWorldSource, TokenDoc, pack_rows, text_source, tinyworld_docs
-from saekit.evaluate import concept_recovery, downstream_metrics, evaluate_sae, reconstruction_metrics, sweep
+from saekit.evaluate import (
+    concept_probes,
+    concept_recovery,
+    downstream_metrics,
+    evaluate_sae,
+    reconstruction_metrics,
+    sweep,
+)
 from saekit.features import FeatureStats, feature_statistics
 from saekit.hooks import HookError, HookLayout, capture, hook_points, patch, run_until
 from saekit.nanochat import GPT, CheckpointError, GPTConfig, KVCache, generate, load_model, save_checkpoint
@@ -45,7 +53,8 @@ __all__ = [
     "CONCEPTS", "GPT", "SPECIAL_TOKENS", "ActivationStore", "CheckpointError", "Concept", "Document", "FeatureStats",
     "FileSource", "GPTConfig", "HookError", "HookLayout", "KVCache", "SAEConfig", "StoreError", "TinyWorld",
     "TinyWorldSource", "TokenDoc", "Tokenizer", "TokenizerError", "TrainConfig", "ablate", "capture", "clamp",
-    "collect_activations", "concept_recovery", "concept_table", "create_sae", "downstream_metrics", "evaluate_sae",
+    "collect_activations", "concept_probes", "concept_recovery", "concept_table", "create_sae", "downstream_metrics",
+    "evaluate_sae",
     "feature_statistics", "generate", "hook_points", "intervene", "label_text", "load_model", "load_sae",
     "load_tokenizer", "max_activations", "pack_rows", "patch", "reconstruction_metrics", "run_probes", "run_until",
     "save_checkpoint", "save_sae", "steer", "stream", "sweep", "text_source", "tinyworld_docs", "token_labels",

@@ -522,6 +522,13 @@ def find_checkpoint_dir(path: str | os.PathLike, source: str = "base", model_tag
     return checkpoint_dir
 
 
+def checkpoint_steps(path: str | os.PathLike | None = None, source: str = "base",
+                     model_tag: str | None = None) -> list[int]:
+    """The steps saved for a checkpoint folder or base dir (as `load_model` resolves it); the embedded model's
+    with no argument: its intermediate checkpoints and the final one."""
+    return _checkpoint_steps(find_checkpoint_dir(DEFAULT_MODEL_DIR if path is None else path, source, model_tag))
+
+
 def _checkpoint_steps(checkpoint_dir: Path) -> list[int]:
     return sorted(int(m.group(1)) for p in checkpoint_dir.iterdir() if (m := re.fullmatch(r"model_(\d+)\.pt", p.name)))
 

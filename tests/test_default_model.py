@@ -14,16 +14,38 @@ from saekit.pretrain import PretrainConfig, describe_training, held_out_loss, tr
 ROOT = Path(__file__).parents[1]
 
 
-def meta():
-    (path,) = DEFAULT_MODEL_DIR.glob("base_checkpoints/d*/meta_*.json")
-    return json.loads(path.read_text())
+INTERMEDIATE_STEPS = [50, 150, 500]
+
+
+def meta(step: int = 2500):
+    return json.loads((DEFAULT_MODEL_DIR / f"base_checkpoints/d6/meta_{step:06d}.json").read_text())
 
 
 def test_layout_and_size():
     files = sorted(p.relative_to(DEFAULT_MODEL_DIR).as_posix() for p in DEFAULT_MODEL_DIR.rglob("*") if p.is_file())
-    assert files == ["base_checkpoints/d6/meta_002500.json", "base_checkpoints/d6/model_002500.pt",
-                     "tokenizer/token_bytes.pt", "tokenizer/tokenizer.pkl"]
-    assert sum((DEFAULT_MODEL_DIR / f).stat().st_size for f in files) <= 10 * 2**20
+    checkpoints = [f"base_checkpoints/d6/{kind}_{step:06d}.{ext}" for step in [*INTERMEDIATE_STEPS, 2500]
+                   for kind, ext in (("meta", "json"), ("model", "pt"))]
+    assert files == sorted(checkpoints + ["tokenizer/token_bytes.pt", "tokenizer/tokenizer.pkl"])
+    final = [f for f in files if "_000" not in f or "002500" in f]
+    assert sum((DEFAULT_MODEL_DIR / f).stat().st_size for f in final) <= 10 * 2**20
+    assert sum((DEFAULT_MODEL_DIR / f).stat().st_size for f in files) <= 20 * 2**20  # intermediates in bfloat16
+
+
+def test_intermediate_checkpoints_come_from_the_same_run():
+    final = meta()["saekit"]["pretrain"]
+    losses = []
+    for step in INTERMEDIATE_STEPS:
+        info = meta(step)["saekit"]
+        assert info["intermediate"] and info["stored_dtype"] == "bfloat16"
+        assert {k: v for k, v in info["pretrain"].items() if k != "keep_every"} == \
+            {k: v for k, v in final.items() if k != "keep_every"}
+        model, tokenizer = saekit.load_model(step=step)
+        assert next(model.parameters()).dtype == torch.float32  # bfloat16 on disk, float32 in memory
+        loss = held_out_loss(model, tokenizer)
+        assert abs(loss - info["held_out_loss"]) < 1e-3
+        losses.append(loss)
+    assert losses == sorted(losses, reverse=True) and losses[-1] > meta()["saekit"]["held_out_loss"]
+    assert saekit.nanochat.checkpoint_steps() == [*INTERMEDIATE_STEPS, 2500]
 
 
 def test_current_era_architecture(default):
