@@ -50,7 +50,7 @@ def random_saekit_sae(architecture, seed=0):
     with torch.no_grad():
         for p in sae.parameters():
             p.add_(0.2 * torch.randn(p.shape, generator=generator))
-        if architecture == "batchtopk":
+        if architecture in ("batchtopk", "matryoshka"):
             sae.threshold.fill_(0.3)  # as learned in training
     return sae
 
@@ -160,7 +160,7 @@ def test_v6_configs_refuse_what_they_cannot_fold(tmp_path):
 
 
 @needs_saelens
-@pytest.mark.parametrize("architecture", ["relu", "topk", "batchtopk", "gated", "jumprelu"])
+@pytest.mark.parametrize("architecture", ["relu", "topk", "batchtopk", "matryoshka", "gated", "jumprelu"])
 def test_saelens_loads_saekit_saes_with_the_same_outputs(architecture, tmp_path):
     from sae_lens import SAE
 
