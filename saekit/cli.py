@@ -22,9 +22,10 @@ Python 3.11+) whose keys are the command's flags (`batch-rows` or `batch_rows`);
 the command line win over the file, and relative paths are read from the current directory. For
 train the file is the one `torchrun -m saekit.distributed` reads (store, hook, sae, train, out).
 
-On a GPU the model runs under bfloat16 autocast (parameters stay float32) and collection batches
-are larger; SAEs train in float32 with the same batch size everywhere (a hyperparameter, not a
-hardware setting). `torchrun --nproc_per_node N -m saekit.cli train --config F` trains on N GPUs.
+On a GPU the model and the SAEs run under bfloat16 autocast (parameters and Adam stay float32)
+and collection batches are larger; the SAE batch size is the same everywhere (a hyperparameter,
+not a hardware setting). `saekit train --autocast bfloat16` also pays on CPUs with AVX512-BF16.
+`torchrun --nproc_per_node N -m saekit.cli train --config F` trains on N GPUs.
 """
 
 from __future__ import annotations
@@ -230,6 +231,9 @@ def _train_config(args: argparse.Namespace) -> dict:
     train.setdefault("checkpoint_dir", str(out.with_name(out.name + "-checkpoints")))
     steps = train.get("steps", TrainConfig.steps)
     train.setdefault("checkpoint_every", max(1, steps // 10))
+    if args.autocast != "auto" or "autocast" not in train:  # an explicit flag wins over the file
+        choice = _hardware_default(args, "autocast") if args.autocast == "auto" else args.autocast
+        train["autocast"] = None if choice == "none" else choice
     config["train"] = train
     return config
 
@@ -499,6 +503,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int)
     p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default: a tenth of the steps)")
     p.add_argument("--checkpoint-dir", help="default: OUT-checkpoints, beside OUT")
+    p.add_argument("--autocast", choices=["auto", "none", "bfloat16", "float16"], default="auto",
+                   help="the SAE's forward under torch.autocast, parameters and Adam in float32 (default: bfloat16 "
+                        "on a GPU, none on CPU)")
     p.add_argument("--device", default="auto", help="one process: cpu, cuda, cuda:N or auto (default: cuda when "
                    "available); under torchrun each process takes cuda:LOCAL_RANK (gloo on CPU without CUDA)")
     p.add_argument("--no-progress", action="store_true")

@@ -215,3 +215,19 @@ def test_train_resumes_bit_identical(store_dir, tmp_path, monkeypatch, capsys):
     whole, resumed = load_sae(tmp_path / "whole"), load_sae(tmp_path / "resumed")
     for name, tensor in whole.state_dict().items():
         assert torch.equal(tensor, resumed.state_dict()[name]), name
+
+
+def test_train_autocast_follows_the_device_unless_told(store_dir, tmp_path):
+    from saekit.cli import _train_config, build_parser
+
+    def autocast(*extra, device="cpu"):
+        args = build_parser().parse_args(["train", "--store", str(store_dir), "--out", str(tmp_path / "sae"),
+                                          "--d-sae", "64", "--k", "4", "--device", device, *extra])
+        return _train_config(args)["train"]["autocast"]
+
+    assert autocast() is None and autocast(device="cuda") == "bfloat16"  # mixed precision by default on a GPU
+    assert autocast("--autocast", "bfloat16") == "bfloat16" and autocast("--autocast", "none", device="cuda") is None
+    config = tmp_path / "run.json"
+    config.write_text(json.dumps({"train": {"autocast": "bfloat16"}}))
+    assert autocast("--config", str(config)) == "bfloat16"  # the file's choice stands unless a flag says otherwise
+    assert autocast("--config", str(config), "--autocast", "none") is None

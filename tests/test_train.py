@@ -92,6 +92,20 @@ def test_every_architecture_learns(architecture, store):
     assert result.scale == store.scaling_factor(HOOK) and result.fire_counts.sum() > 0
 
 
+@pytest.mark.parametrize("architecture", ["relu", "topk", "batchtopk", "matryoshka", "gated", "jumprelu"])
+def test_bfloat16_autocast_keeps_float32_parameters_and_the_same_quality(architecture, store):
+    cfg = TrainConfig(steps=40, batch_size=1024, log_every=5, lr=2e-3, lr_warmup_steps=5)
+    settings = {"matryoshka": dict(architecture="matryoshka", d_in=128, d_sae=256, k=16, hook_name=HOOK)}
+    make = (lambda: create_sae(SAEConfig(**settings[architecture]))) if architecture in settings else \
+        (lambda: sae_of(architecture))
+    exact = train_sae(make(), store, cfg, progress=False)
+    mixed = train_sae(make(), store, TrainConfig(**{**cfg.__dict__, "autocast": "bfloat16"}), progress=False)
+    assert all(p.dtype == torch.float32 for p in mixed.sae.parameters())
+    assert not torch.equal(mixed.sae.W_enc, exact.sae.W_enc)  # the matmuls really ran in bfloat16
+    ev_exact, ev_mixed = exact.history["explained_variance"][-1], mixed.history["explained_variance"][-1]
+    assert ev_mixed == pytest.approx(ev_exact, abs=0.02), (ev_mixed, ev_exact)
+
+
 def test_sweep_in_one_pass_equals_separate_runs(store):
     cfg = TrainConfig(steps=15, batch_size=512, log_every=1)
     together = train_saes([sae_of("topk", k=8), sae_of("relu", sparsity_coefficient=2.0)], store, cfg,
@@ -197,7 +211,8 @@ def test_bad_training_requests(store, tmp_path):
     for kwargs, message in [(dict(steps=0), "steps and batch_size must be positive"),
                             (dict(lr=-1.0), "lr must be positive"),
                             (dict(b_dec_init="median"), "b_dec_init must be"),
-                            (dict(checkpoint_every=5), "checkpoint_every needs a checkpoint_dir")]:
+                            (dict(checkpoint_every=5), "checkpoint_every needs a checkpoint_dir"),
+                            (dict(autocast="int8"), "autocast must be None, 'bfloat16' or 'float16'")]:
         with pytest.raises(ValueError, match=message):
             TrainConfig(**kwargs)
     cfg = TrainConfig(steps=20, batch_size=512, checkpoint_every=5, checkpoint_dir=str(tmp_path))

@@ -76,8 +76,10 @@ class _ChosenPreActivations(torch.autograd.Function):
 def chosen_values(values: torch.Tensor, x_in: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor,
                   chosen: Chosen) -> torch.Tensor:
     """The chosen pre-activations (computed without gradient, in `chosen`'s order) made differentiable
-    functions of x_in, W_enc and b_enc."""
-    return _ChosenPreActivations.apply(values, x_in, W_enc, b_enc, chosen.rows, chosen.cols, chosen.offsets)
+    functions of x_in, W_enc and b_enc. In the parameters' dtype: under autocast the encoder's matmul
+    may have run in bfloat16, but the k chosen values are few and the sparse products want one dtype."""
+    return _ChosenPreActivations.apply(values.to(W_enc.dtype), x_in.to(W_enc.dtype), W_enc, b_enc, chosen.rows,
+                                       chosen.cols, chosen.offsets)
 
 
 def sparse_decode(values: torch.Tensor, chosen: Chosen, W_dec: torch.Tensor) -> torch.Tensor:
