@@ -140,28 +140,29 @@ def main() -> None:
     version = f" {sae_lens.__version__}" if sae_lens else ""
     print(f"{STEPS} steps x {BATCH} tokens, d_in 128, {D_SAE} latents, lr {LR}, torch {torch.__version__}, "
           f"SAELens{version or ' (absent)'}; tokens per second, explained variance on held-out tokens\n")
-    print(f"{'architecture':<16} {'saekit':>9} {'SAELens':>9} {'ratio':>7} {'EV saekit':>10} {'EV SAELens':>11}"
-          f" {'SAELens + malloc':>17} {'ratio':>7}")
+    header = f"{'architecture':<16} {'saekit':>9} {'SAELens':>9} {'ratio':>7} {'EV saekit':>10} {'EV SAELens':>11}"
+    print(header + f" {'SAELens + malloc':>17} {'ratio':>7}")
     for case, (name, _, _) in enumerate(CASES):
         ours = run_worker("saekit", case)
-        if sae_lens is None:
-            print(f"{name:<16} {ours['speed']:>9,.0f} {'-':>9} {'-':>7} {ours['ev']:>10.4f}")
+        theirs = run_worker("saelens", case) if sae_lens else None
+        if theirs is None:
+            print(comparison(name, ours, None))
             continue
-        theirs = run_worker("saelens", case)
         tuned = run_worker("saelens-malloc", case)
-        print(f"{name:<16} {ours['speed']:>9,.0f} {theirs['speed']:>9,.0f} {ours['speed'] / theirs['speed']:>6.2f}x "
-              f"{ours['ev']:>10.4f} {theirs['ev']:>11.4f} {tuned['speed']:>17,.0f} "
-              f"{ours['speed'] / tuned['speed']:>6.2f}x", flush=True)
-    print("\nunder bfloat16 autocast (float32 parameters and Adam):")
-    print(f"{'architecture':<16} {'saekit':>9} {'SAELens':>9} {'ratio':>7} {'EV saekit':>10} {'EV SAELens':>11}")
+        print(comparison(name, ours, theirs) + f" {tuned['speed']:>17,.0f} {ours['speed'] / tuned['speed']:>6.2f}x",
+              flush=True)
+    print("\nunder bfloat16 autocast (float32 parameters and Adam):\n" + header)
     for case, (name, _, _) in enumerate(CASES):
-        ours = run_worker("saekit-bf16", case)
-        if sae_lens is None:
-            print(f"{name:<16} {ours['speed']:>9,.0f} {'-':>9} {'-':>7} {ours['ev']:>10.4f}")
-            continue
-        theirs = run_worker("saelens-bf16", case)
-        print(f"{name:<16} {ours['speed']:>9,.0f} {theirs['speed']:>9,.0f} {ours['speed'] / theirs['speed']:>6.2f}x "
-              f"{ours['ev']:>10.4f} {theirs['ev']:>11.4f}", flush=True)
+        print(comparison(name, run_worker("saekit-bf16", case), run_worker("saelens-bf16", case) if sae_lens else None),
+              flush=True)
+
+
+def comparison(name: str, ours: dict, theirs: dict | None) -> str:
+    """One table row: each library's tokens/s, their ratio and each one's explained variance ('-' without SAELens)."""
+    if theirs is None:
+        return f"{name:<16} {ours['speed']:>9,.0f} {'-':>9} {'-':>7} {ours['ev']:>10.4f}"
+    return (f"{name:<16} {ours['speed']:>9,.0f} {theirs['speed']:>9,.0f} {ours['speed'] / theirs['speed']:>6.2f}x "
+            f"{ours['ev']:>10.4f} {theirs['ev']:>11.4f}")
 
 
 if __name__ == "__main__":

@@ -138,9 +138,9 @@ def cmd_train_model(args: argparse.Namespace) -> None:
     print(json.dumps(meta["probe_failures"], indent=1))
 
 
-def cmd_eval(args: argparse.Namespace) -> None:
-    from saekit.atomic import write_json_atomic
-    from saekit.evaluate import evaluate_sae
+def _sae_model_and_store(args: argparse.Namespace):
+    """For eval and dashboard: the saved SAE (on --device), its hook point, the model it reads, and the
+    activations — a collected store (--store) or --tokens collected in memory from --data."""
     from saekit.sae.io import load_sae
     from saekit.store import ActivationStore, _hook_dims, collect_activations
 
@@ -161,6 +161,14 @@ def cmd_eval(args: argparse.Namespace) -> None:
         store = collect_activations(model, tokenizer, hook, args.tokens, None, source=_data(args.data),
                                     batch_rows=_hardware_default(args, "batch_rows"),
                                     autocast=AUTOCAST[_hardware_default(args, "autocast")], progress=True)
+    return sae, hook, model, tokenizer, store
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from saekit.atomic import write_json_atomic
+    from saekit.evaluate import evaluate_sae
+
+    sae, hook, model, tokenizer, store = _sae_model_and_store(args)
     tokens = min(args.tokens, len(store))
     report = {"sae": str(Path(args.sae).resolve()), "architecture": sae.cfg.architecture, "d_sae": sae.cfg.d_sae,
               "hook": hook, "model": model.name, "data": str(Path(args.store).resolve()) if args.store else
@@ -253,21 +261,9 @@ def cmd_dashboard(args: argparse.Namespace) -> None:
     from saekit.atomic import write_json_atomic, write_text_atomic
     from saekit.cards import write_feature_page
     from saekit.features import feature_statistics
-    from saekit.sae.io import load_sae
-    from saekit.store import ActivationStore, collect_activations
 
-    _require(args, "sae")
-    sae = load_sae(args.sae).to(args.device)
-    hook = args.hook or sae.cfg.hook_name
-    model, tokenizer = _load(args)
-    if args.store:
-        store = ActivationStore(args.store)
-        data = _source_name(store.manifest.get("source", {}))
-    else:
-        data = _data(args.data)
-        store = collect_activations(model, tokenizer, hook, args.tokens, None, source=data,
-                                    batch_rows=_hardware_default(args, "batch_rows"),
-                                    autocast=AUTOCAST[_hardware_default(args, "autocast")], progress=True)
+    sae, hook, model, tokenizer, store = _sae_model_and_store(args)
+    data = _source_name(store.manifest.get("source", {})) if args.store else _data(args.data)
     out = Path(args.out) if args.out else Path(args.sae) / "dashboard"
     out.mkdir(parents=True, exist_ok=True)
     stats = feature_statistics(sae, store, model, tokenizer, args.tokens, hook,
