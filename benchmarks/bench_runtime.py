@@ -2,16 +2,18 @@
 
     python benchmarks/bench_runtime.py              # 64 tokens x 4 prompts, 10 interleaved rounds
     python benchmarks/bench_runtime.py --quick      # 3 rounds
-    python benchmarks/bench_runtime.py --threads 1
+    python benchmarks/bench_runtime.py --threads 1  # one thread count only
 
-Everything runs on the embedded default model, greedy, 2 torch threads (unless told), side by side in
-one run:
+Everything runs on the embedded default model, greedy, side by side in one run, first with torch's
+default number of threads (one per core), then with one thread:
 
 - `generate`: `saekit.generate`, plain KV-cached generation. It is asked for one token more than
   the streams, so that both make the same forward passes (a stream reads each token's features in
   the pass that consumes it, so its last token costs one pass more than plain generation's);
 - `stream, 1 SAE`: `saekit.runtime.stream` with a TopK SAE (2,048 latents, k = 32) at
-  `blocks.3.hook_resid_post`, concept labels attached, the top 3 latents of every token reported;
+  `blocks.3.hook_resid_post`, concept labels attached, the top 3 latents of every token reported,
+  features read 8 tokens at a time (the default `read_every`);
+- `... token by token`: the same with `read_every=1`, each token's features read on their own;
 - `stream, 2 SAEs`: the same with a second SAE at `blocks.1.hook_resid_post`;
 - `stream, ReLU SAE`: one ReLU SAE of the same width (a dense code; the top-n does the sorting).
 
@@ -48,9 +50,15 @@ def make_sae(architecture: str, hook: str, seed: int):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="3 rounds instead of 10")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's default, then 1)")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    for threads in [args.threads] if args.threads else list(dict.fromkeys([torch.get_num_threads(), 1])):
+        torch.set_num_threads(threads)
+        measure(rounds=3 if args.quick else 10)
+        print()
+
+
+def measure(rounds: int) -> None:
     model, tokenizer = saekit.load_model()
     prompts = [tokenizer.encode(p, prepend_bos=True) for p in PROMPTS]
     topk = make_sae("topk", "blocks.3.hook_resid_post", 0)
@@ -62,13 +70,15 @@ def main() -> None:
         for _ in saekit.generate(model, ids, TOKENS + 1):
             pass
 
-    def streamed(saes, labels):
+    def streamed(saes, labels, read_every=8):
         def run(ids):
-            for _ in stream(model, tokenizer, ids, saes, labels=labels, max_tokens=TOKENS, stop_tokens=set()):
+            for _ in stream(model, tokenizer, ids, saes, labels=labels, max_tokens=TOKENS, stop_tokens=set(),
+                            read_every=read_every):
                 pass
         return run
 
     variants = {"generate": plain, "stream, 1 SAE": streamed(topk, labels),
+                "... token by token": streamed(topk, labels, read_every=1),
                 "stream, 2 SAEs": streamed([topk, second], [labels, None]), "stream, ReLU SAE": streamed(relu, None)}
     names = list(variants)
     for ids in prompts:  # warm-up
@@ -76,7 +86,7 @@ def main() -> None:
     wall = {name: [] for name in names}
     cpu = {name: [] for name in names}
     trial = 0
-    for _ in range(3 if args.quick else 10):
+    for _ in range(rounds):
         for ids in prompts:  # interleaved per prompt, in a rotating order, so drifts hit every variant alike
             for name in names[trial % len(names):] + names[:trial % len(names)]:
                 start_wall, start_cpu = time.perf_counter(), time.process_time()

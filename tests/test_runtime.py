@@ -46,12 +46,14 @@ def test_stream_generates_what_generate_does(default, temperature):
     assert no_hooks(model)
 
 
-@pytest.mark.parametrize("architecture", ["topk", "relu", "jumprelu"])
-def test_streamed_features_match_a_full_forward_pass(default, architecture):
+@pytest.mark.parametrize("architecture, read_every", [("topk", 1), ("topk", 3), ("relu", 8), ("jumprelu", 5)])
+def test_streamed_features_match_a_full_forward_pass(default, architecture, read_every):
+    """Whether features are read token by token or a few tokens at a time (16 tokens: bursts of 3 end
+    with a burst of 1), every token gets the features of its own position."""
     model, tokenizer = default
     sae = random_sae(architecture=architecture)
     reports = list(stream(model, tokenizer, "Mia went to the park.", sae, top_n=4, max_tokens=16, stop_tokens=set(),
-                          include_prompt=True))
+                          include_prompt=True, read_every=read_every))
     ids = [t.token_id for t in reports]
     assert [t.position for t in reports] == list(range(len(ids)))
     x = run_until(model, torch.tensor([ids]), HOOK)[HOOK][0]
@@ -142,4 +144,6 @@ def test_stream_rejects_bad_input(default):
         list(stream(model, tokenizer, "Hi", narrow, max_tokens=2))
     with pytest.raises(ValueError, match="non-empty prompt"):
         next(stream(model, tokenizer, [], random_sae()))
+    with pytest.raises(ValueError, match="read_every must be positive"):
+        next(stream(model, tokenizer, "Hi", random_sae(), read_every=0))
     assert no_hooks(model)

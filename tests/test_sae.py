@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from saekit.sae import SAEConfig, create_sae
+from saekit.sae import sparse as sparse_module
 from saekit.sae.io import load_sae, load_sparsity, save_sae
 from saekit.sae.sparse import Chosen, auxk_loss, chosen_values, sparse_decode
 
@@ -177,6 +178,34 @@ def test_auxk_with_no_dead_latents_is_zero():
     assert auxk_loss(x, pre, sae.W_enc, sae.b_enc, sae.W_dec, x, torch.ones(D_SAE, dtype=torch.bool), 4, 0.0) == 0
 
 
+@pytest.mark.parametrize("architecture, overrides", [("relu", {}), ("relu", {"decoder_norm_penalty": False}),
+                                                    ("gated", {}), ("jumprelu", {})])
+def test_dense_architectures_sparse_path_matches_the_dense_one(architecture, overrides, monkeypatch):
+    """Once codes are sparse enough, ReLU, Gated and JumpReLU train on their active entries only: the same
+    losses, counts and gradients as the dense computation (JumpReLU's threshold gradients included)."""
+    sae = make(architecture, **overrides)
+    x = data(256)
+    taken = []
+    monkeypatch.setattr("saekit.sae.base.active_entries",
+                        lambda mask, limit: taken.append(sparse_module.active_entries(mask, limit)) or taken[-1])
+    runs = {}
+    for path, limit in [("dense", 0.0), ("sparse", 1.0)]:
+        monkeypatch.setattr(type(sae), "sparse_max_density", limit)
+        out = sae(x, sparsity_scale=0.5)
+        runs[path] = out, torch.autograd.grad(out.loss, list(sae.parameters()))
+    assert taken[0] is None and taken[1] is not None
+    assert 0 < len(taken[1][1]) < x.shape[0] * D_SAE  # some entries left out, some kept
+    (dense, dense_grads), (sparse, sparse_grads) = runs["dense"], runs["sparse"]
+    assert torch.allclose(sparse.x_hat, dense.x_hat, atol=1e-5)
+    assert dense.losses.keys() == sparse.losses.keys()
+    for name in dense.losses:
+        assert torch.allclose(sparse.losses[name], dense.losses[name], rtol=1e-5), name
+    assert sparse.l0 == dense.l0 and torch.equal(sparse.fire_counts, dense.fire_counts)
+    for (name, _), a, b in zip(sae.named_parameters(), sparse_grads, dense_grads):
+        assert b.abs().max() > 0, name
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-4), name
+
+
 def test_sparse_helpers_on_uneven_rows():
     W_dec = torch.randn(D_SAE, D_IN)
     chosen, values = Chosen.from_flat(torch.tensor([2 * D_SAE + 9, 5, 2 * D_SAE + 1]), torch.tensor([3.0, 1.0, 2.0]),
@@ -185,6 +214,13 @@ def test_sparse_helpers_on_uneven_rows():
     out = sparse_decode(values, chosen, W_dec)
     assert torch.allclose(out[0], W_dec[5]) and out[1].abs().max() == 0
     assert torch.allclose(out[2], 2 * W_dec[1] + 3 * W_dec[9])
+    # its backward (a sampled matmul for the values, a sum by latent for W_dec) against the dense product
+    values, W_dec = values.requires_grad_(), W_dec.requires_grad_()
+    dense_code = torch.zeros(3, D_SAE).index_put((chosen.rows, chosen.cols), values)
+    grad_out = torch.randn(3, D_IN)
+    for a, c in zip(torch.autograd.grad((sparse_decode(values, chosen, W_dec) * grad_out).sum(), [values, W_dec]),
+                    torch.autograd.grad(((dense_code @ W_dec) * grad_out).sum(), [values, W_dec])):
+        assert torch.allclose(a, c, atol=1e-6)
     x = torch.randn(3, D_IN, requires_grad=True)
     W_enc = torch.randn(D_IN, D_SAE, requires_grad=True)
     b = torch.randn(D_SAE, requires_grad=True)

@@ -25,6 +25,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from saekit.sae.sparse import active_entries
+
 ARCHITECTURES: dict[str, type[SAE]] = {}
 
 
@@ -111,6 +113,10 @@ class SAE(nn.Module):
     saelens_architecture: str = ""  # the name in SAELens's cfg.json
     unit_norm_decoder: bool = True  # decoder rows kept at unit norm during training
     resamples_dead: bool = False  # dead latents are resampled (Anthropic) rather than revived by AuxK
+    # dense architectures: train on the active entries only (`saekit.sae.sparse`) while at most this
+    # fraction of the code is nonzero; set where sparse and dense float32 steps cost the same on a 2-core
+    # CPU (d_in 128, 2,048 latents, batches of 4,096: benchmarks/bench_train.py)
+    sparse_max_density: float = 0.0
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -159,6 +165,13 @@ class SAE(nn.Module):
         coefficient; `dead` (bool [d_sae]) marks the latents auxiliary losses should revive."""
         raise NotImplementedError
 
+    def _active_entries(self, mask: torch.Tensor, pre: torch.Tensor):
+        """`saekit.sae.sparse.active_entries` at this architecture's break-even density. Under autocast
+        the dense matmuls ran in half precision, several times faster (about 4x for bfloat16 on a CPU
+        with AVX512-BF16), while the sparse products stay float32: the break-even density is lower."""
+        reduced = pre.dtype != self.W_enc.dtype
+        return active_entries(mask, self.sparse_max_density / 4 if reduced else self.sparse_max_density)
+
     @staticmethod
     def reconstruction_loss(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
         """Squared error summed over the activation's width, averaged over tokens."""
@@ -169,6 +182,15 @@ class SAE(nn.Module):
         with torch.no_grad():  # codes are never negative: sign() is 1 where a latent fired (faster than f > 0 on CPU)
             fire_counts = f.sign().sum(dim=0).long()
         return SAEOutput(x_hat, losses, sum(losses.values()), fire_counts.sum() / len(f), fire_counts)
+
+    def _chosen_output(self, x_hat: torch.Tensor, losses: dict[str, torch.Tensor], chosen,
+                       active: torch.Tensor | None = None) -> SAEOutput:
+        """The `SAEOutput` of a code held as a `saekit.sae.sparse.Chosen`; `active` marks its entries that
+        fired (None: all of them)."""
+        with torch.no_grad():
+            weights = None if active is None else active.to(x_hat.dtype)
+            fire_counts = torch.bincount(chosen.cols, weights, minlength=self.cfg.d_sae).long()
+        return SAEOutput(x_hat, losses, sum(losses.values()), fire_counts.sum() / len(x_hat), fire_counts)
 
     # ------------------------------------------------------------------ keeping the decoder in shape
 

@@ -22,12 +22,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from saekit.sae.base import SAE, SAEConfig, SAEOutput
+from saekit.sae.sparse import chosen_values, sparse_decode
 
 
 class GatedSAE(SAE):
     architecture = "gated"
     saelens_architecture = "gated"
     resamples_dead = True
+    sparse_max_density = 0.25
 
     def __init__(self, cfg: SAEConfig):
         super().__init__(cfg)
@@ -36,8 +38,11 @@ class GatedSAE(SAE):
         self.r_mag = nn.Parameter(torch.zeros(cfg.d_sae))
         self.b_mag = nn.Parameter(torch.zeros(cfg.d_sae))
 
+    def _shared(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.W_enc.T, -(self.b_dec @ self.W_enc))  # (x - b_dec) @ W, as in SAE.pre_activations
+
     def _paths(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        shared = F.linear(x, self.W_enc.T, -(self.b_dec @ self.W_enc))  # (x - b_dec) @ W, as in SAE.pre_activations
+        shared = self._shared(x)
         return shared + self.b_gate, shared * self.r_mag.exp() + self.b_mag
 
     def pre_activations(self, x: torch.Tensor) -> torch.Tensor:
@@ -48,16 +53,31 @@ class GatedSAE(SAE):
         return (gate > 0) * F.relu(magnitude)
 
     def forward(self, x: torch.Tensor, sparsity_scale: float = 1.0, dead: torch.Tensor | None = None) -> SAEOutput:
-        gate, magnitude = self._paths(x)
-        f = (gate > 0) * F.relu(magnitude)
-        x_hat = self.decode(f)
-        active_gate = F.relu(gate)
-        through_frozen_decoder = active_gate @ self.W_dec.detach() + self.b_dec.detach()
-        return self._output(
-            x, x_hat, f,
-            sparsity=self.cfg.sparsity_coefficient * sparsity_scale * active_gate.sum() / len(x),
-            gate_reconstruction=self.reconstruction_loss(x, through_frozen_decoder),
-        )
+        shared = self._shared(x)
+        gate = shared + self.b_gate
+        coefficient = self.cfg.sparsity_coefficient * sparsity_scale / len(x)
+        # a closed gate zeroes f and ReLU(pi_gate): no loss, no gradient
+        sparse = self._active_entries(gate.detach() > 0, gate)
+        if sparse is None:
+            f = (gate > 0) * F.relu(shared * self.r_mag.exp() + self.b_mag)
+            x_hat = self.decode(f)
+            active_gate = F.relu(gate)
+            through_frozen_decoder = active_gate @ self.W_dec.detach() + self.b_dec.detach()
+        else:  # the same loss and gradients from the open gates only
+            chosen, flat = sparse
+            cols = chosen.cols
+            shared = chosen_values(shared.detach().reshape(-1)[flat], x - self.b_dec, self.W_enc,
+                                   self.b_gate.new_zeros(()).expand(self.cfg.d_sae), chosen)
+            active_gate = F.relu(shared + self.b_gate[cols])
+            f = F.relu(shared * self.r_mag.exp()[cols] + self.b_mag[cols])
+            x_hat = sparse_decode(f, chosen, self.W_dec) + self.b_dec
+            through_frozen_decoder = sparse_decode(active_gate, chosen, self.W_dec.detach()) + self.b_dec.detach()
+        losses = {"sparsity": coefficient * active_gate.sum(),
+                  "gate_reconstruction": self.reconstruction_loss(x, through_frozen_decoder)}
+        if sparse is None:
+            return self._output(x, x_hat, f, **losses)
+        losses = {"reconstruction": self.reconstruction_loss(x, x_hat), **losses}
+        return self._chosen_output(x_hat, losses, chosen, f > 0)
 
     def _scale_latents(self, factor: torch.Tensor) -> None:
         # only the magnitude path sets the value of f; the gate's sign is unchanged by a positive factor

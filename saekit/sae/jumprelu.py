@@ -24,6 +24,7 @@ import torch
 import torch.nn as nn
 
 from saekit.sae.base import SAE, SAEConfig, SAEOutput
+from saekit.sae.sparse import chosen_values, sparse_decode
 
 
 def _rectangle(pre: torch.Tensor, threshold: torch.Tensor, bandwidth: float) -> torch.Tensor:
@@ -42,7 +43,7 @@ class _JumpReLU(torch.autograd.Function):
         pre, threshold = ctx.saved_tensors
         grad_pre = grad * (pre > threshold)
         grad_threshold = -(threshold / ctx.bandwidth) * _rectangle(pre, threshold, ctx.bandwidth) * grad
-        return grad_pre, grad_threshold.reshape(-1, pre.shape[-1]).sum(dim=0), None
+        return grad_pre, grad_threshold.sum_to_size(threshold.shape), None
 
 
 class _Step(torch.autograd.Function):
@@ -56,12 +57,13 @@ class _Step(torch.autograd.Function):
     def backward(ctx, grad):
         pre, threshold = ctx.saved_tensors
         grad_threshold = -(1 / ctx.bandwidth) * _rectangle(pre, threshold, ctx.bandwidth) * grad
-        return None, grad_threshold.reshape(-1, pre.shape[-1]).sum(dim=0), None
+        return None, grad_threshold.sum_to_size(threshold.shape), None
 
 
 class JumpReLUSAE(SAE):
     architecture = "jumprelu"
     saelens_architecture = "jumprelu"
+    sparse_max_density = 0.25
 
     def __init__(self, cfg: SAEConfig):
         super().__init__(cfg)
@@ -84,9 +86,21 @@ class JumpReLUSAE(SAE):
     def forward(self, x: torch.Tensor, sparsity_scale: float = 1.0, dead: torch.Tensor | None = None) -> SAEOutput:
         pre = self.pre_activations(x)
         threshold, bandwidth = self.threshold, self.cfg.jumprelu_bandwidth
-        f = _JumpReLU.apply(pre, threshold, bandwidth)
-        l0 = _Step.apply(pre, threshold, bandwidth).sum(dim=-1).mean()
-        return self._output(x, self.decode(f), f, sparsity=self.cfg.sparsity_coefficient * sparsity_scale * l0)
+        coefficient = self.cfg.sparsity_coefficient * sparsity_scale / len(x)
+        # pre-activations at or below theta - eps/2 give f = 0, count nothing and send no gradient
+        sparse = self._active_entries(pre.detach() > threshold.detach() - bandwidth / 2, pre)
+        if sparse is None:
+            f = _JumpReLU.apply(pre, threshold, bandwidth)
+            l0 = _Step.apply(pre, threshold, bandwidth).sum()
+            return self._output(x, self.decode(f), f, sparsity=coefficient * l0)
+        chosen, flat = sparse  # the same loss and gradients from the entries that can fire or move theta
+        values = chosen_values(pre.detach().reshape(-1)[flat], x - self.b_dec, self.W_enc, self.b_enc, chosen)
+        thresholds = threshold[chosen.cols]
+        f = _JumpReLU.apply(values, thresholds, bandwidth)
+        l0 = _Step.apply(values, thresholds, bandwidth).sum()
+        x_hat = sparse_decode(f, chosen, self.W_dec) + self.b_dec
+        losses = {"reconstruction": self.reconstruction_loss(x, x_hat), "sparsity": coefficient * l0}
+        return self._chosen_output(x_hat, losses, chosen, f > 0)
 
     def _scale_latents(self, factor: torch.Tensor) -> None:
         super()._scale_latents(factor)

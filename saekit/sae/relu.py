@@ -21,11 +21,13 @@ import torch
 import torch.nn.functional as F
 
 from saekit.sae.base import SAE, SAEOutput
+from saekit.sae.sparse import chosen_values, sparse_decode
 
 
 class ReLUSAE(SAE):
     architecture = "relu"
     saelens_architecture = "standard"
+    sparse_max_density = 0.15
 
     @property
     def unit_norm_decoder(self) -> bool:
@@ -43,8 +45,18 @@ class ReLUSAE(SAE):
         return F.relu(self.pre_activations(x))
 
     def forward(self, x: torch.Tensor, sparsity_scale: float = 1.0, dead: torch.Tensor | None = None) -> SAEOutput:
-        f = self.encode(x)
-        x_hat = self.decode(f)
-        per_latent = f.sum(dim=0) / len(f)  # mean activation of each latent
+        pre = self.pre_activations(x)
+        coefficient = self.cfg.sparsity_coefficient * sparsity_scale / len(x)
+        sparse = self._active_entries(pre.detach() > 0, pre)
+        if sparse is None:
+            f = F.relu(pre)
+            per_latent = f.sum(dim=0)
+            l1 = per_latent @ self.decoder_norms() if self.cfg.decoder_norm_penalty else per_latent.sum()
+            return self._output(x, self.decode(f), f, sparsity=coefficient * l1)
+        chosen, flat = sparse  # only the positive pre-activations: the same loss and gradients, fewer products
+        values = chosen_values(pre.detach().reshape(-1)[flat], x - self.b_dec, self.W_enc, self.b_enc, chosen)
+        x_hat = sparse_decode(values, chosen, self.W_dec) + self.b_dec
+        per_latent = values.new_zeros(self.cfg.d_sae).index_add(0, chosen.cols, values)
         l1 = per_latent @ self.decoder_norms() if self.cfg.decoder_norm_penalty else per_latent.sum()
-        return self._output(x, x_hat, f, sparsity=self.cfg.sparsity_coefficient * sparsity_scale * l1)
+        losses = {"reconstruction": self.reconstruction_loss(x, x_hat), "sparsity": coefficient * l1}
+        return self._chosen_output(x_hat, losses, chosen)  # every entry fired: they are the positive ones

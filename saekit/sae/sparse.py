@@ -13,30 +13,42 @@ per-sample weights are the latent values:
 - decode: x_hat[t] = sum_j value_j * W_dec[col_j] over token t's entries;
 - the encoder's backward: grad x[t] = sum_j g_j * W_enc[:, col_j], and grad W_enc[:, c] =
   sum over entries with col c of g_j * x[row_j] (entries regrouped by latent).
+
+The dense architectures (ReLU, JumpReLU, Gated) train the same way on a CPU once their codes are
+sparse: `active_entries` lists the nonzero entries of a batch's code when they are few enough
+(each architecture's `sparse_max_density`) for the sparse products to beat dense matmuls. A latent
+that is zero on a token gets no gradient there, so both paths compute the same loss and gradients,
+summed in a different order.
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 
-@dataclass
+@dataclass(eq=False)
 class Chosen:
-    """The latents kept for a batch: entry j is latent cols[j] of token rows[j] (sorted by token)."""
+    """The latents kept for a batch: entry j is latent cols[j] of token rows[j], sorted by token and,
+    within a token, by latent (so the entries are also a valid CSR matrix)."""
 
     rows: torch.Tensor
     cols: torch.Tensor
     offsets: torch.Tensor  # [n_tokens]: index of each token's first entry
+    d_sae: int
+    _by_latent: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     @classmethod
-    def per_token(cls, indices: torch.Tensor) -> Chosen:
-        """From [n_tokens, k] indices (the same number per token)."""
+    def per_token(cls, indices: torch.Tensor, d_sae: int) -> tuple[Chosen, torch.Tensor]:
+        """From [n_tokens, k] indices (the same number per token); also the order that sorts each
+        token's indices, to apply to values that came with them (`values.gather(1, order)`)."""
         n, k = indices.shape
+        indices, order = indices.sort(dim=-1)
         rows = torch.arange(n, device=indices.device).repeat_interleave(k)
-        return cls(rows, indices.reshape(-1), torch.arange(0, n * k, k, device=indices.device))
+        return cls(rows, indices.reshape(-1), torch.arange(0, n * k, k, device=indices.device), d_sae), order
 
     @classmethod
     def from_flat(cls, flat: torch.Tensor, values: torch.Tensor, n_tokens: int, d_sae: int
@@ -45,46 +57,105 @@ class Chosen:
         flat, order = flat.sort()
         rows, cols = flat // d_sae, flat % d_sae
         counts = torch.bincount(rows, minlength=n_tokens)
-        return cls(rows, cols, torch.cumsum(counts, 0) - counts), values[order]
+        return cls(rows, cols, torch.cumsum(counts, 0) - counts, d_sae), values[order]
+
+    def by_latent(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The entries regrouped by latent: the permutation, their tokens in that order, and where each
+        latent's group starts. Computed once per batch, shared by the encoder's and the decoder's backward."""
+        if self._by_latent is None:
+            counts = torch.bincount(self.cols, minlength=self.d_sae)
+            # sorting narrow integers is about twice as fast on a CPU
+            keys = self.cols.to(torch.int16 if self.d_sae <= torch.iinfo(torch.int16).max else torch.int32)
+            order = torch.argsort(keys, stable=True)
+            self._by_latent = order, self.rows[order], torch.cumsum(counts, 0) - counts
+        return self._by_latent
+
+    def csr(self, values: torch.Tensor) -> torch.Tensor:
+        ends = self.offsets.new_full((1,), len(self.cols))
+        with warnings.catch_warnings():  # torch calls its sparse CSR support beta; the sampled matmul is tested here
+            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+            return torch.sparse_csr_tensor(torch.cat([self.offsets, ends]), self.cols, values,
+                                           (len(self.offsets), self.d_sae), check_invariants=False)
+
+    def sum_by_latent(self, dense: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """[d_sae, width]: for each latent c, the sum over its entries j of weights[j] * dense[rows[j]]."""
+        order, rows, starts = self.by_latent()
+        return F.embedding_bag(rows, dense, starts, mode="sum", per_sample_weights=weights[order])
+
+
+def active_entries(mask: torch.Tensor, max_density: float) -> tuple[Chosen, torch.Tensor] | None:
+    """The True entries of a [n_tokens, d_sae] mask as a `Chosen` and their flat positions, or None when
+    more than `max_density` of them are True or the mask is not on the CPU (on a GPU dense matmuls are
+    cheap, and listing the entries would wait for the device)."""
+    n_tokens, d_sae = mask.shape
+    if mask.device.type != "cpu" or mask.count_nonzero() > max_density * mask.numel():
+        return None
+    flat = mask.reshape(-1).nonzero().squeeze(1)
+    rows = torch.div(flat, d_sae, rounding_mode="floor")
+    counts = torch.bincount(rows, minlength=n_tokens)
+    return Chosen(rows, flat - rows * d_sae, torch.cumsum(counts, 0) - counts, d_sae), flat
 
 
 class _ChosenPreActivations(torch.autograd.Function):
     """Values of the chosen pre-activations, with a backward that touches only the chosen latents."""
 
     @staticmethod
-    def forward(ctx, values, x_in, W_enc, b_enc, rows, cols, offsets):
-        ctx.save_for_backward(x_in, W_enc, rows, cols, offsets)
+    def forward(ctx, values, x_in, W_enc, b_enc, chosen):
+        ctx.save_for_backward(x_in, W_enc)
+        ctx.chosen = chosen
         return values.clone()
 
     @staticmethod
     def backward(ctx, grad):
-        x_in, W_enc, rows, cols, offsets = ctx.saved_tensors
-        d_sae = W_enc.shape[1]
+        x_in, W_enc = ctx.saved_tensors
+        chosen = ctx.chosen
         grad_x = grad_W = grad_b = None
         if ctx.needs_input_grad[1]:
-            grad_x = F.embedding_bag(cols, W_enc.t().contiguous(), offsets, mode="sum", per_sample_weights=grad)
+            grad_x = F.embedding_bag(chosen.cols, W_enc.t().contiguous(), chosen.offsets, mode="sum",
+                                     per_sample_weights=grad)
         if ctx.needs_input_grad[2]:
-            by_latent = torch.argsort(cols, stable=True)
-            counts = torch.bincount(cols, minlength=d_sae)
-            grad_W = F.embedding_bag(rows[by_latent], x_in, torch.cumsum(counts, 0) - counts, mode="sum",
-                                     per_sample_weights=grad[by_latent]).t()
+            grad_W = chosen.sum_by_latent(x_in, grad).t()
         if ctx.needs_input_grad[3]:
-            grad_b = torch.zeros(d_sae, dtype=grad.dtype, device=grad.device).index_add_(0, cols, grad)
-        return None, grad_x, grad_W, grad_b, None, None, None
+            grad_b = torch.zeros(chosen.d_sae, dtype=grad.dtype, device=grad.device).index_add_(0, chosen.cols, grad)
+        return None, grad_x, grad_W, grad_b, None
 
 
 def chosen_values(values: torch.Tensor, x_in: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor,
                   chosen: Chosen) -> torch.Tensor:
     """The chosen pre-activations (computed without gradient, in `chosen`'s order) made differentiable
     functions of x_in, W_enc and b_enc. In the parameters' dtype: under autocast the encoder's matmul
-    may have run in bfloat16, but the k chosen values are few and the sparse products want one dtype."""
-    return _ChosenPreActivations.apply(values.to(W_enc.dtype), x_in.to(W_enc.dtype), W_enc, b_enc, chosen.rows,
-                                       chosen.cols, chosen.offsets)
+    may have run in bfloat16, but the chosen values are few and the sparse products want one dtype."""
+    return _ChosenPreActivations.apply(values.to(W_enc.dtype), x_in.to(W_enc.dtype), W_enc, b_enc, chosen)
+
+
+class _SparseDecode(torch.autograd.Function):
+    """x_hat[t] = sum over token t's entries of value_j * W_dec[col_j]; the backward computes the
+    values' gradient only at the chosen entries (a sampled matmul) and W_dec's by latent."""
+
+    @staticmethod
+    def forward(ctx, values, W_dec, chosen):
+        ctx.save_for_backward(values, W_dec)
+        ctx.chosen = chosen
+        return F.embedding_bag(chosen.cols, W_dec, chosen.offsets, mode="sum", per_sample_weights=values)
+
+    @staticmethod
+    def backward(ctx, grad):
+        values, W_dec = ctx.saved_tensors
+        chosen = ctx.chosen
+        grad = grad.to(W_dec.dtype)
+        grad_values = grad_W = None
+        if ctx.needs_input_grad[0]:  # <grad[row_j], W_dec[col_j]> for every entry j
+            grad_values = torch.sparse.sampled_addmm(chosen.csr(values), grad, W_dec.t(), beta=0).values()
+        if ctx.needs_input_grad[1]:
+            grad_W = chosen.sum_by_latent(grad, values)
+        return grad_values, grad_W, None
 
 
 def sparse_decode(values: torch.Tensor, chosen: Chosen, W_dec: torch.Tensor) -> torch.Tensor:
     """sum over each token's entries of value * W_dec[col] (no bias): [n_tokens, d_in]."""
-    return F.embedding_bag(chosen.cols, W_dec, chosen.offsets, mode="sum", per_sample_weights=values)
+    if values.device.type != "cpu":  # GPUs: embedding_bag's own backward
+        return F.embedding_bag(chosen.cols, W_dec, chosen.offsets, mode="sum", per_sample_weights=values)
+    return _SparseDecode.apply(values, W_dec, chosen)
 
 
 def auxk_loss(x_in_detached: torch.Tensor, pre: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor,
@@ -103,9 +174,9 @@ def auxk_loss(x_in_detached: torch.Tensor, pre: torch.Tensor, W_enc: torch.Tenso
         return pre.new_zeros(())
     k = min(aux_k, n_dead)
     top = pre.masked_fill(~dead, float("-inf")).topk(k, dim=-1, sorted=False)
-    chosen = Chosen.per_token(top.indices)
+    chosen, order = Chosen.per_token(top.indices, W_enc.shape[1])
     # the raw pre-activations, not ReLU'd: a dead latent's are often all negative, and must still learn
-    values = chosen_values(top.values.reshape(-1), x_in_detached, W_enc, b_enc, chosen)
+    values = chosen_values(top.values.gather(1, order).reshape(-1), x_in_detached, W_enc, b_enc, chosen)
     predicted = sparse_decode(values, chosen, W_dec)
     variance = (residual - residual.mean(dim=0)).pow(2).sum(dim=-1).mean().clamp_min(1e-12)
     error = (predicted - residual).pow(2).sum(dim=-1).mean()

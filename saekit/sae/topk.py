@@ -40,7 +40,8 @@ class TopKSAE(SAE):
         with torch.no_grad():  # scores for every latent; only the chosen ones enter the graph
             pre = torch.addmm(self.b_enc, x_in, self.W_enc)
             top = pre.topk(self.cfg.k, dim=-1, sorted=False)
-        return self._sparse_output(x, x_in, pre, Chosen.per_token(top.indices), top.values.reshape(-1), dead)
+            chosen, order = Chosen.per_token(top.indices, self.cfg.d_sae)
+        return self._sparse_output(x, x_in, pre, chosen, top.values.gather(1, order).reshape(-1), dead)
 
     def _sparse_output(self, x, x_in, pre, chosen: Chosen, pre_values: torch.Tensor, dead) -> SAEOutput:
         values = F.relu(chosen_values(pre_values, x_in, self.W_enc, self.b_enc, chosen))
@@ -49,9 +50,7 @@ class TopKSAE(SAE):
         if dead is not None:
             losses["auxk"] = auxk_loss(x_in.detach(), pre, self.W_enc, self.b_enc, self.W_dec, (x - x_hat).detach(),
                                        dead, self.aux_k, self.cfg.aux_coefficient)
-        active = values > 0
-        fire_counts = torch.bincount(chosen.cols[active], minlength=self.cfg.d_sae)
-        return SAEOutput(x_hat, losses, sum(losses.values()), active.sum().float() / len(x), fire_counts)
+        return self._chosen_output(x_hat, losses, chosen, values > 0)
 
     def _reconstruction_losses(self, x: torch.Tensor, x_hat: torch.Tensor, values: torch.Tensor,
                                chosen: Chosen) -> dict[str, torch.Tensor]:
