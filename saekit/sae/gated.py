@@ -68,8 +68,10 @@ class GatedSAE(SAE):
             cols = chosen.cols
             shared = chosen_values(shared.detach().reshape(-1)[flat], x - self.b_dec, self.W_enc,
                                    self.b_gate.new_zeros(()).expand(self.cfg.d_sae), chosen)
-            active_gate = F.relu(shared + self.b_gate[cols])
-            f = F.relu(shared * self.r_mag.exp()[cols] + self.b_mag[cols])
+            # index_select, not indexing: on a CPU the backward of indexing adds up repeated latents in a
+            # varying order, index_select's in a fixed one (the same seed gives the same SAE)
+            active_gate = F.relu(shared + self.b_gate.index_select(0, cols))
+            f = F.relu(shared * self.r_mag.exp().index_select(0, cols) + self.b_mag.index_select(0, cols))
             x_hat = sparse_decode(f, chosen, self.W_dec) + self.b_dec
             through_frozen_decoder = sparse_decode(active_gate, chosen, self.W_dec.detach()) + self.b_dec.detach()
         losses = {"sparsity": coefficient * active_gate.sum(),

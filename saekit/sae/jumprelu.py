@@ -95,7 +95,7 @@ class JumpReLUSAE(SAE):
             return self._output(x, self.decode(f), f, sparsity=coefficient * l0)
         chosen, flat = sparse  # the same loss and gradients from the entries that can fire or move theta
         values = chosen_values(pre.detach().reshape(-1)[flat], x - self.b_dec, self.W_enc, self.b_enc, chosen)
-        thresholds = threshold[chosen.cols]
+        thresholds = threshold.index_select(0, chosen.cols)  # not indexing: see GatedSAE.forward
         f = _JumpReLU.apply(values, thresholds, bandwidth)
         l0 = _Step.apply(values, thresholds, bandwidth).sum()
         x_hat = sparse_decode(f, chosen, self.W_dec) + self.b_dec
