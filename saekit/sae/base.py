@@ -165,12 +165,16 @@ class SAE(nn.Module):
         coefficient; `dead` (bool [d_sae]) marks the latents auxiliary losses should revive."""
         raise NotImplementedError
 
-    def _active_entries(self, mask: torch.Tensor, pre: torch.Tensor):
-        """`saekit.sae.sparse.active_entries` at this architecture's break-even density. Under autocast
-        the dense matmuls ran in half precision, several times faster (about 4x for bfloat16 on a CPU
-        with AVX512-BF16), while the sparse products stay float32: the break-even density is lower."""
+    def _active_entries(self, pre: torch.Tensor, above: torch.Tensor | float):
+        """`saekit.sae.sparse.active_entries` of `pre > above` at this architecture's break-even density,
+        or None (train densely). Under autocast the dense matmuls ran in half precision, several times
+        faster (about 4x for bfloat16 on a CPU with AVX512-BF16), while the sparse products stay float32:
+        the break-even density is lower. Off the CPU, always None: on a GPU dense matmuls are cheap, and
+        listing the entries would wait for the device."""
+        if pre.device.type != "cpu":
+            return None
         reduced = pre.dtype != self.W_enc.dtype
-        return active_entries(mask, self.sparse_max_density / 4 if reduced else self.sparse_max_density)
+        return active_entries(pre.detach() > above, self.sparse_max_density / 4 if reduced else self.sparse_max_density)
 
     @staticmethod
     def reconstruction_loss(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:

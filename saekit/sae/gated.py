@@ -57,7 +57,7 @@ class GatedSAE(SAE):
         gate = shared + self.b_gate
         coefficient = self.cfg.sparsity_coefficient * sparsity_scale / len(x)
         # a closed gate zeroes f and ReLU(pi_gate): no loss, no gradient
-        sparse = self._active_entries(gate.detach() > 0, gate)
+        sparse = self._active_entries(gate, 0.0)
         if sparse is None:
             f = (gate > 0) * F.relu(shared * self.r_mag.exp() + self.b_mag)
             x_hat = self.decode(f)
@@ -66,8 +66,7 @@ class GatedSAE(SAE):
         else:  # the same loss and gradients from the open gates only
             chosen, flat = sparse
             cols = chosen.cols
-            shared = chosen_values(shared.detach().reshape(-1)[flat], x - self.b_dec, self.W_enc,
-                                   self.b_gate.new_zeros(()).expand(self.cfg.d_sae), chosen)
+            shared = chosen_values(shared.detach().reshape(-1)[flat], x - self.b_dec, self.W_enc, None, chosen)
             # index_select, not indexing: on a CPU the backward of indexing adds up repeated latents in a
             # varying order, index_select's in a fixed one (the same seed gives the same SAE)
             active_gate = F.relu(shared + self.b_gate.index_select(0, cols))

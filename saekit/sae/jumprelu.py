@@ -88,7 +88,7 @@ class JumpReLUSAE(SAE):
         threshold, bandwidth = self.threshold, self.cfg.jumprelu_bandwidth
         coefficient = self.cfg.sparsity_coefficient * sparsity_scale / len(x)
         # pre-activations at or below theta - eps/2 give f = 0, count nothing and send no gradient
-        sparse = self._active_entries(pre.detach() > threshold.detach() - bandwidth / 2, pre)
+        sparse = self._active_entries(pre, threshold.detach() - bandwidth / 2)
         if sparse is None:
             f = _JumpReLU.apply(pre, threshold, bandwidth)
             l0 = _Step.apply(pre, threshold, bandwidth).sum()

@@ -47,7 +47,7 @@ class ReLUSAE(SAE):
     def forward(self, x: torch.Tensor, sparsity_scale: float = 1.0, dead: torch.Tensor | None = None) -> SAEOutput:
         pre = self.pre_activations(x)
         coefficient = self.cfg.sparsity_coefficient * sparsity_scale / len(x)
-        sparse = self._active_entries(pre.detach() > 0, pre)
+        sparse = self._active_entries(pre, 0.0)
         if sparse is None:
             f = F.relu(pre)
             per_latent = f.sum(dim=0)

@@ -42,32 +42,35 @@ class Chosen:
     _by_latent: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     @classmethod
-    def per_token(cls, indices: torch.Tensor, d_sae: int) -> tuple[Chosen, torch.Tensor]:
-        """From [n_tokens, k] indices (the same number per token); also the order that sorts each
-        token's indices, to apply to values that came with them (`values.gather(1, order)`)."""
+    def per_token(cls, indices: torch.Tensor, values: torch.Tensor, d_sae: int) -> tuple[Chosen, torch.Tensor]:
+        """From [n_tokens, k] indices (the same number per token) and their values (reordered with them)."""
         n, k = indices.shape
         indices, order = indices.sort(dim=-1)
         rows = torch.arange(n, device=indices.device).repeat_interleave(k)
-        return cls(rows, indices.reshape(-1), torch.arange(0, n * k, k, device=indices.device), d_sae), order
+        offsets = torch.arange(0, n * k, k, device=indices.device)
+        return cls(rows, indices.reshape(-1), offsets, d_sae), values.gather(1, order).reshape(-1)
 
     @classmethod
     def from_flat(cls, flat: torch.Tensor, values: torch.Tensor, n_tokens: int, d_sae: int
                   ) -> tuple[Chosen, torch.Tensor]:
         """From positions in the flattened [n_tokens, d_sae] matrix and their values (both reordered by token)."""
         flat, order = flat.sort()
-        rows, cols = flat // d_sae, flat % d_sae
-        counts = torch.bincount(rows, minlength=n_tokens)
-        return cls(rows, cols, torch.cumsum(counts, 0) - counts, d_sae), values[order]
+        return cls.from_sorted_flat(flat, n_tokens, d_sae), values[order]
+
+    @classmethod
+    def from_sorted_flat(cls, flat: torch.Tensor, n_tokens: int, d_sae: int) -> Chosen:
+        """From increasing positions in the flattened [n_tokens, d_sae] matrix."""
+        rows = torch.div(flat, d_sae, rounding_mode="floor")
+        return cls(rows, flat - rows * d_sae, _starts(torch.bincount(rows, minlength=n_tokens)), d_sae)
 
     def by_latent(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The entries regrouped by latent: the permutation, their tokens in that order, and where each
         latent's group starts. Computed once per batch, shared by the encoder's and the decoder's backward."""
         if self._by_latent is None:
-            counts = torch.bincount(self.cols, minlength=self.d_sae)
             # sorting narrow integers is about twice as fast on a CPU
             keys = self.cols.to(torch.int16 if self.d_sae <= torch.iinfo(torch.int16).max else torch.int32)
             order = torch.argsort(keys, stable=True)
-            self._by_latent = order, self.rows[order], torch.cumsum(counts, 0) - counts
+            self._by_latent = order, self.rows[order], _starts(torch.bincount(self.cols, minlength=self.d_sae))
         return self._by_latent
 
     def csr(self, values: torch.Tensor) -> torch.Tensor:
@@ -83,17 +86,18 @@ class Chosen:
         return F.embedding_bag(rows, dense, starts, mode="sum", per_sample_weights=weights[order])
 
 
+def _starts(counts: torch.Tensor) -> torch.Tensor:
+    """Where each group starts, given the groups' sizes in order."""
+    return torch.cumsum(counts, 0) - counts
+
+
 def active_entries(mask: torch.Tensor, max_density: float) -> tuple[Chosen, torch.Tensor] | None:
     """The True entries of a [n_tokens, d_sae] mask as a `Chosen` and their flat positions, or None when
-    more than `max_density` of them are True or the mask is not on the CPU (on a GPU dense matmuls are
-    cheap, and listing the entries would wait for the device)."""
-    n_tokens, d_sae = mask.shape
-    if mask.device.type != "cpu" or mask.count_nonzero() > max_density * mask.numel():
+    more than `max_density` of them are True."""
+    if mask.count_nonzero() > max_density * mask.numel():
         return None
     flat = mask.reshape(-1).nonzero().squeeze(1)
-    rows = torch.div(flat, d_sae, rounding_mode="floor")
-    counts = torch.bincount(rows, minlength=n_tokens)
-    return Chosen(rows, flat - rows * d_sae, torch.cumsum(counts, 0) - counts, d_sae), flat
+    return Chosen.from_sorted_flat(flat, *mask.shape), flat
 
 
 class _ChosenPreActivations(torch.autograd.Function):
@@ -120,11 +124,12 @@ class _ChosenPreActivations(torch.autograd.Function):
         return None, grad_x, grad_W, grad_b, None
 
 
-def chosen_values(values: torch.Tensor, x_in: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor,
+def chosen_values(values: torch.Tensor, x_in: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor | None,
                   chosen: Chosen) -> torch.Tensor:
     """The chosen pre-activations (computed without gradient, in `chosen`'s order) made differentiable
-    functions of x_in, W_enc and b_enc. In the parameters' dtype: under autocast the encoder's matmul
-    may have run in bfloat16, but the chosen values are few and the sparse products want one dtype."""
+    functions of x_in, W_enc and b_enc (None: an encoder without that bias). In the parameters' dtype:
+    under autocast the encoder's matmul may have run in bfloat16, but the chosen values are few and the
+    sparse products want one dtype."""
     return _ChosenPreActivations.apply(values.to(W_enc.dtype), x_in.to(W_enc.dtype), W_enc, b_enc, chosen)
 
 
@@ -174,9 +179,9 @@ def auxk_loss(x_in_detached: torch.Tensor, pre: torch.Tensor, W_enc: torch.Tenso
         return pre.new_zeros(())
     k = min(aux_k, n_dead)
     top = pre.masked_fill(~dead, float("-inf")).topk(k, dim=-1, sorted=False)
-    chosen, order = Chosen.per_token(top.indices, W_enc.shape[1])
+    chosen, values = Chosen.per_token(top.indices, top.values, W_enc.shape[1])
     # the raw pre-activations, not ReLU'd: a dead latent's are often all negative, and must still learn
-    values = chosen_values(top.values.gather(1, order).reshape(-1), x_in_detached, W_enc, b_enc, chosen)
+    values = chosen_values(values, x_in_detached, W_enc, b_enc, chosen)
     predicted = sparse_decode(values, chosen, W_dec)
     variance = (residual - residual.mean(dim=0)).pow(2).sum(dim=-1).mean().clamp_min(1e-12)
     error = (predicted - residual).pow(2).sum(dim=-1).mean()

@@ -40,8 +40,8 @@ class TopKSAE(SAE):
         with torch.no_grad():  # scores for every latent; only the chosen ones enter the graph
             pre = torch.addmm(self.b_enc, x_in, self.W_enc)
             top = pre.topk(self.cfg.k, dim=-1, sorted=False)
-            chosen, order = Chosen.per_token(top.indices, self.cfg.d_sae)
-        return self._sparse_output(x, x_in, pre, chosen, top.values.gather(1, order).reshape(-1), dead)
+            chosen, values = Chosen.per_token(top.indices, top.values, self.cfg.d_sae)
+        return self._sparse_output(x, x_in, pre, chosen, values, dead)
 
     def _sparse_output(self, x, x_in, pre, chosen: Chosen, pre_values: torch.Tensor, dead) -> SAEOutput:
         values = F.relu(chosen_values(pre_values, x_in, self.W_enc, self.b_enc, chosen))
