@@ -12,7 +12,7 @@ default number of threads (one per core), then with one thread:
   the pass that consumes it, so its last token costs one pass more than plain generation's);
 - `stream, 1 SAE`: `saekit.runtime.stream` with a TopK SAE (2,048 latents, k = 32) at
   `blocks.3.hook_resid_post`, concept labels attached, the top 3 latents of every token reported,
-  features read 8 tokens at a time (the default `read_every`);
+  features read 16 tokens at a time (the default `read_every`);
 - `... token by token`: the same with `read_every=1`, each token's features read on their own;
 - `stream, 2 SAEs`: the same with a second SAE at `blocks.1.hook_resid_post`;
 - `stream, ReLU SAE`: one ReLU SAE of the same width (a dense code; the top-n does the sorting).
@@ -70,7 +70,7 @@ def measure(rounds: int) -> None:
         for _ in saekit.generate(model, ids, TOKENS + 1):
             pass
 
-    def streamed(saes, labels, read_every=8):
+    def streamed(saes, labels, read_every=16):
         def run(ids):
             for _ in stream(model, tokenizer, ids, saes, labels=labels, max_tokens=TOKENS, stop_tokens=set(),
                             read_every=read_every):

@@ -8,7 +8,6 @@ import torch
 import torch.nn.functional as F
 
 from saekit.sae import SAEConfig, create_sae
-from saekit.sae import sparse as sparse_module
 from saekit.sae.base import ARCHITECTURES as ARCH_CLASSES
 from saekit.sae.io import load_sae, load_sparsity, save_sae
 from saekit.sae.sparse import Chosen, auxk_loss, chosen_values, sparse_decode
@@ -55,6 +54,27 @@ def test_relu_losses(april):
     assert torch.allclose(out.loss, out.losses["reconstruction"] + out.losses["sparsity"])
     assert out.l0 == (f > 0).sum(-1).float().mean() and torch.equal(out.fire_counts, (f > 0).sum(0))
     assert sae.unit_norm_decoder is (not april) and sae.resamples_dead is (not april)
+
+
+@pytest.mark.parametrize("april", [True, False])
+def test_relu_dense_step_gradients_match_autograd(april, monkeypatch):
+    """ReLU's dense step builds its backward by hand (the L1 weights and the encoder bias inside the matmuls):
+    its gradients, the input's included, against autograd of the written-out loss; under bfloat16 autocast
+    they come back float32 and close."""
+    monkeypatch.setattr(ARCH_CLASSES["relu"], "sparse_max_density", 0.0)
+    sae = make("relu", decoder_norm_penalty=april)
+    x = data(256).requires_grad_()
+    wrt = [x, *sae.parameters()]
+    f = F.relu((x - sae.b_dec) @ sae.W_enc + sae.b_enc)
+    weights = sae.W_dec.norm(dim=1) if april else torch.ones(D_SAE)
+    expected = torch.autograd.grad(rec(x, f @ sae.W_dec + sae.b_dec) + 0.3 * 0.5 * (f * weights).sum(-1).mean(), wrt)
+    exact = torch.autograd.grad(sae(x, sparsity_scale=0.5).loss, wrt)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = torch.autograd.grad(sae(x, sparsity_scale=0.5).loss, wrt)
+    for name, a, b, c in zip(["x", *dict(sae.named_parameters())], exact, expected, mixed):
+        assert b.abs().max() > 0, name
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-4), name
+        assert c.dtype == torch.float32 and (c - b).norm() < 0.05 * b.norm(), name
 
 
 def test_gated_losses_and_frozen_decoder():
@@ -186,16 +206,16 @@ def test_dense_architectures_sparse_path_matches_the_dense_one(architecture, ove
     losses, counts and gradients as the dense computation (JumpReLU's threshold gradients included)."""
     sae = make(architecture, **overrides)
     x = data(256)
-    taken = []
-    monkeypatch.setattr("saekit.sae.base.active_entries",
-                        lambda mask, limit: taken.append(sparse_module.active_entries(mask, limit)) or taken[-1])
+    listed = {}  # path -> how many entries the step listed (the sparse path lists them, the dense one does not)
+    build = Chosen.from_sorted_flat.__func__
+    monkeypatch.setattr(Chosen, "from_sorted_flat", classmethod(
+        lambda cls, flat, *shape: listed.__setitem__(path, len(flat)) or build(cls, flat, *shape)))
     runs = {}
     for path, limit in [("dense", 0.0), ("sparse", 1.0)]:
         monkeypatch.setattr(type(sae), "sparse_max_density", limit)
         out = sae(x, sparsity_scale=0.5)
         runs[path] = out, torch.autograd.grad(out.loss, list(sae.parameters()))
-    assert taken[0] is None and taken[1] is not None
-    assert 0 < len(taken[1][1]) < x.shape[0] * D_SAE  # some entries left out, some kept
+    assert "dense" not in listed and 0 < listed["sparse"] < x.shape[0] * D_SAE  # some entries left out, some kept
     (dense, dense_grads), (sparse, sparse_grads) = runs["dense"], runs["sparse"]
     assert torch.allclose(sparse.x_hat, dense.x_hat, atol=1e-5)
     assert dense.losses.keys() == sparse.losses.keys()

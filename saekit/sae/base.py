@@ -115,7 +115,7 @@ class SAE(nn.Module):
     resamples_dead: bool = False  # dead latents are resampled (Anthropic) rather than revived by AuxK
     # dense architectures: train on the active entries only (`saekit.sae.sparse`) while at most this
     # fraction of the code is nonzero; set where sparse and dense float32 steps cost the same on a 2-core
-    # CPU (d_in 128, 2,048 latents, batches of 4,096: benchmarks/bench_train.py)
+    # CPU (d_in 128, 2,048 latents, batches of 4,096: benchmarks/bench_sparse_steps.py)
     sparse_max_density: float = 0.0
 
     def __init_subclass__(cls, **kwargs):
@@ -149,10 +149,15 @@ class SAE(nn.Module):
 
     # ------------------------------------------------------------------ the model
 
+    def encoder_bias(self) -> torch.Tensor:
+        """b_enc - b_dec @ W_enc, so that (x - b_dec) @ W_enc + b_enc = x @ W_enc + encoder_bias(): b_dec's
+        gradient through the encoder is then one vector-matrix product instead of a [tokens x latents] by
+        [latents x d_in] matmul (or, in a sparse step, a pass over every active entry), and the bias add is
+        fused into the encoder's matmul."""
+        return self.b_enc - self.b_dec @ self.W_enc
+
     def pre_activations(self, x: torch.Tensor) -> torch.Tensor:
-        # (x - b_dec) @ W_enc + b_enc, written so that b_dec's gradient is one vector-matrix product
-        # instead of a [tokens x latents] by [latents x d_in] matmul, and the bias add is fused
-        return F.linear(x, self.W_enc.T, self.b_enc - self.b_dec @ self.W_enc)
+        return F.linear(x, self.W_enc.T, self.encoder_bias())
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -165,16 +170,20 @@ class SAE(nn.Module):
         coefficient; `dead` (bool [d_sae]) marks the latents auxiliary losses should revive."""
         raise NotImplementedError
 
+    def _sparse_density_limit(self, pre: torch.Tensor) -> float:
+        """This architecture's break-even density for a step whose pre-activations are `pre`. Under autocast the
+        dense matmuls ran in half precision, several times faster (about 4x for bfloat16 on a CPU with
+        AVX512-BF16), while the sparse products stay float32: the break-even density is lower. Off the CPU,
+        0: on a GPU dense matmuls are cheap, and listing the entries would wait for the device."""
+        if pre.device.type != "cpu":
+            return 0.0
+        return self.sparse_max_density / 4 if pre.dtype != self.W_enc.dtype else self.sparse_max_density
+
     def _active_entries(self, pre: torch.Tensor, above: torch.Tensor | float):
         """`saekit.sae.sparse.active_entries` of `pre > above` at this architecture's break-even density,
-        or None (train densely). Under autocast the dense matmuls ran in half precision, several times
-        faster (about 4x for bfloat16 on a CPU with AVX512-BF16), while the sparse products stay float32:
-        the break-even density is lower. Off the CPU, always None: on a GPU dense matmuls are cheap, and
-        listing the entries would wait for the device."""
-        if pre.device.type != "cpu":
-            return None
-        reduced = pre.dtype != self.W_enc.dtype
-        return active_entries(pre.detach() > above, self.sparse_max_density / 4 if reduced else self.sparse_max_density)
+        or None (train densely)."""
+        limit = self._sparse_density_limit(pre)
+        return active_entries(pre.detach() > above, limit) if limit > 0 else None
 
     @staticmethod
     def reconstruction_loss(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:

@@ -29,7 +29,7 @@ class GatedSAE(SAE):
     architecture = "gated"
     saelens_architecture = "gated"
     resamples_dead = True
-    sparse_max_density = 0.25
+    sparse_max_density = 0.15
 
     def __init__(self, cfg: SAEConfig):
         super().__init__(cfg)
@@ -38,8 +38,11 @@ class GatedSAE(SAE):
         self.r_mag = nn.Parameter(torch.zeros(cfg.d_sae))
         self.b_mag = nn.Parameter(torch.zeros(cfg.d_sae))
 
+    def encoder_bias(self) -> torch.Tensor:
+        return -(self.b_dec @ self.W_enc)  # the shared part (x - b_dec) @ W has no bias of its own
+
     def _shared(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.W_enc.T, -(self.b_dec @ self.W_enc))  # (x - b_dec) @ W, as in SAE.pre_activations
+        return F.linear(x, self.W_enc.T, self.encoder_bias())
 
     def _paths(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         shared = self._shared(x)
@@ -53,7 +56,8 @@ class GatedSAE(SAE):
         return (gate > 0) * F.relu(magnitude)
 
     def forward(self, x: torch.Tensor, sparsity_scale: float = 1.0, dead: torch.Tensor | None = None) -> SAEOutput:
-        shared = self._shared(x)
+        bias = self.encoder_bias()
+        shared = F.linear(x, self.W_enc.T, bias)
         gate = shared + self.b_gate
         coefficient = self.cfg.sparsity_coefficient * sparsity_scale / len(x)
         # a closed gate zeroes f and ReLU(pi_gate): no loss, no gradient
@@ -66,7 +70,7 @@ class GatedSAE(SAE):
         else:  # the same loss and gradients from the open gates only
             chosen, flat = sparse
             cols = chosen.cols
-            shared = chosen_values(shared.detach().reshape(-1)[flat], x - self.b_dec, self.W_enc, None, chosen)
+            shared = chosen_values(shared.detach().take(flat), x, self.W_enc, bias, chosen)
             # index_select, not indexing: on a CPU the backward of indexing adds up repeated latents in a
             # varying order, index_select's in a fixed one (the same seed gives the same SAE)
             active_gate = F.relu(shared + self.b_gate.index_select(0, cols))

@@ -22,6 +22,7 @@ import math
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from saekit.sae.base import SAE, SAEConfig, SAEOutput
 from saekit.sae.sparse import chosen_values, sparse_decode
@@ -63,7 +64,7 @@ class _Step(torch.autograd.Function):
 class JumpReLUSAE(SAE):
     architecture = "jumprelu"
     saelens_architecture = "jumprelu"
-    sparse_max_density = 0.25
+    sparse_max_density = 0.15
 
     def __init__(self, cfg: SAEConfig):
         super().__init__(cfg)
@@ -84,7 +85,8 @@ class JumpReLUSAE(SAE):
         return pre * (pre > self.threshold)
 
     def forward(self, x: torch.Tensor, sparsity_scale: float = 1.0, dead: torch.Tensor | None = None) -> SAEOutput:
-        pre = self.pre_activations(x)
+        bias = self.encoder_bias()
+        pre = F.linear(x, self.W_enc.T, bias)
         threshold, bandwidth = self.threshold, self.cfg.jumprelu_bandwidth
         coefficient = self.cfg.sparsity_coefficient * sparsity_scale / len(x)
         # pre-activations at or below theta - eps/2 give f = 0, count nothing and send no gradient
@@ -94,7 +96,7 @@ class JumpReLUSAE(SAE):
             l0 = _Step.apply(pre, threshold, bandwidth).sum()
             return self._output(x, self.decode(f), f, sparsity=coefficient * l0)
         chosen, flat = sparse  # the same loss and gradients from the entries that can fire or move theta
-        values = chosen_values(pre.detach().reshape(-1)[flat], x - self.b_dec, self.W_enc, self.b_enc, chosen)
+        values = chosen_values(pre.detach().take(flat), x, self.W_enc, bias, chosen)
         thresholds = threshold.index_select(0, chosen.cols)  # not indexing: see GatedSAE.forward
         f = _JumpReLU.apply(values, thresholds, bandwidth)
         l0 = _Step.apply(values, thresholds, bandwidth).sum()

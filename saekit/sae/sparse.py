@@ -55,7 +55,13 @@ class Chosen:
                   ) -> tuple[Chosen, torch.Tensor]:
         """From positions in the flattened [n_tokens, d_sae] matrix and their values (both reordered by token)."""
         flat, order = flat.sort()
-        return cls.from_sorted_flat(flat, n_tokens, d_sae), values[order]
+        return cls.from_sorted_flat(flat, n_tokens, d_sae), values.index_select(0, order)
+
+    @classmethod
+    def from_mask(cls, mask: torch.Tensor) -> tuple[Chosen, torch.Tensor]:
+        """The True entries of a [n_tokens, d_sae] mask, and their positions in the flattened mask."""
+        flat = mask.reshape(-1).nonzero().squeeze(1)
+        return cls.from_sorted_flat(flat, *mask.shape), flat
 
     @classmethod
     def from_sorted_flat(cls, flat: torch.Tensor, n_tokens: int, d_sae: int) -> Chosen:
@@ -70,7 +76,8 @@ class Chosen:
             # sorting narrow integers is about twice as fast on a CPU
             keys = self.cols.to(torch.int16 if self.d_sae <= torch.iinfo(torch.int16).max else torch.int32)
             order = torch.argsort(keys, stable=True)
-            self._by_latent = order, self.rows[order], _starts(torch.bincount(self.cols, minlength=self.d_sae))
+            starts = _starts(torch.bincount(self.cols, minlength=self.d_sae))
+            self._by_latent = order, self.rows.index_select(0, order), starts
         return self._by_latent
 
     def csr(self, values: torch.Tensor) -> torch.Tensor:
@@ -83,7 +90,7 @@ class Chosen:
     def sum_by_latent(self, dense: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """[d_sae, width]: for each latent c, the sum over its entries j of weights[j] * dense[rows[j]]."""
         order, rows, starts = self.by_latent()
-        return F.embedding_bag(rows, dense, starts, mode="sum", per_sample_weights=weights[order])
+        return F.embedding_bag(rows, dense, starts, mode="sum", per_sample_weights=weights.index_select(0, order))
 
 
 def _starts(counts: torch.Tensor) -> torch.Tensor:
@@ -92,12 +99,8 @@ def _starts(counts: torch.Tensor) -> torch.Tensor:
 
 
 def active_entries(mask: torch.Tensor, max_density: float) -> tuple[Chosen, torch.Tensor] | None:
-    """The True entries of a [n_tokens, d_sae] mask as a `Chosen` and their flat positions, or None when
-    more than `max_density` of them are True."""
-    if mask.count_nonzero() > max_density * mask.numel():
-        return None
-    flat = mask.reshape(-1).nonzero().squeeze(1)
-    return Chosen.from_sorted_flat(flat, *mask.shape), flat
+    """`Chosen.from_mask(mask)`, or None when more than `max_density` of the mask is True."""
+    return None if mask.count_nonzero() > max_density * mask.numel() else Chosen.from_mask(mask)
 
 
 class _ChosenPreActivations(torch.autograd.Function):

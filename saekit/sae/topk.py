@@ -44,7 +44,7 @@ class TopKSAE(SAE):
         return self._sparse_output(x, x_in, pre, chosen, values, dead)
 
     def _sparse_output(self, x, x_in, pre, chosen: Chosen, pre_values: torch.Tensor, dead) -> SAEOutput:
-        values = F.relu(chosen_values(pre_values, x_in, self.W_enc, self.b_enc, chosen))
+        values = F.relu(chosen_values(pre_values, x, self.W_enc, self.encoder_bias(), chosen))
         x_hat = sparse_decode(values, chosen, self.W_dec) + self.b_dec
         losses = self._reconstruction_losses(x, x_hat, values, chosen)
         if dead is not None:
