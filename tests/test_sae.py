@@ -352,12 +352,33 @@ def test_bad_configurations(overrides, message):
         SAEConfig(**{"d_in": D_IN, "d_sae": D_SAE, **overrides})
 
 
-def test_batchtopk_candidate_shortcut_is_exact():
+def test_batchtopk_candidate_shortcuts_are_exact(monkeypatch):
+    """BatchTopK finds the batch's top k x n_tokens entries through one of two shortcuts (the entries above
+    0.9 x the last cutoff; each token's `width` largest) or a full topk: the same increasing positions
+    whichever runs, entries tied at the cutoff kept first come first."""
     sae = make("batchtopk", k=2)
+    ranked = []  # how many dimensions each topk call had: the per-token shortcut ranks [n_tokens, d_sae]
+    topk = torch.Tensor.topk
+    monkeypatch.setattr(torch.Tensor, "topk", lambda t, *a, **kw: ranked.append(t.dim()) or topk(t, *a, **kw))
     generator = torch.Generator().manual_seed(4)
-    for crowded in (False, True):
+    for case in ("plain", "crowded", "tied"):
         acts = torch.relu(torch.randn(64, D_SAE, generator=generator) * 3)
-        if crowded:  # one token with more large entries than its candidates forces the full topk
+        if case == "crowded":  # one token with more large entries than its candidates forces the full topk
             acts[0, :20] += 50
+        if case == "tied":  # many entries equal to the cutoff: the first ones (by position) are kept
+            acts = acts.round()
+        flat = acts.reshape(-1)
+        cutoff = float(topk(flat, 2 * 64).values.min())
+        above, tied = (flat > cutoff).nonzero().squeeze(1), (flat == cutoff).nonzero().squeeze(1)
+        exact = torch.cat([above, tied[:2 * 64 - len(above)]]).sort().values
+        assert case != "tied" or len(tied) > 2 * 64 - len(above) > 0
+        # no cutoff yet; a good one; too high (too few entries above it); too low (too many)
+        for last_cutoff, shortcut in [(None, False), (cutoff / 0.95, True), (2 * cutoff, False), (0.0, False)]:
+            sae.__dict__.pop("_cutoff", None)
+            if last_cutoff is not None:
+                sae._cutoff = 0.9 * last_cutoff
             sae._width = 8
-        assert set(sae._batch_top(acts).tolist()) == set(acts.reshape(-1).topk(2 * 64).indices.tolist())
+            ranked.clear()
+            assert torch.equal(sae._batch_top(acts), exact), (case, last_cutoff)
+            assert (2 not in ranked) is shortcut or case == "tied", (case, last_cutoff, ranked)
+            assert sae._cutoff == pytest.approx(0.9 * cutoff)

@@ -48,33 +48,48 @@ class BatchTopKSAE(TopKSAE):
         x_in = x - self.b_dec
         with torch.no_grad():
             pre = torch.addmm(self.b_enc, x_in, self.W_enc)
-            flat = self._batch_top(F.relu(pre))
-            self._update_threshold(F.relu(pre).reshape(-1)[flat])
-            chosen, values = Chosen.from_flat(flat, pre.reshape(-1)[flat], len(pre), self.cfg.d_sae)
+            acts = F.relu(pre)
+            flat = self._batch_top(acts)
+            self._update_threshold(acts.take(flat))
+            chosen, values = Chosen.from_sorted_flat(flat, len(pre), self.cfg.d_sae), pre.take(flat)
         return self._sparse_output(x, x_in, pre, chosen, values, dead)
 
     def _batch_top(self, acts: torch.Tensor) -> torch.Tensor:
-        """Flat positions of the k * n_tokens largest entries of `acts` [n_tokens, d_sae].
+        """Increasing flat positions of the k * n_tokens largest entries of `acts` [n_tokens, d_sae]; of
+        entries tied at the cutoff, the first ones.
 
-        A topk over the whole flattened batch is slow on a CPU; instead take each token's `width`
-        largest as candidates and the batch's top among those. That is exact unless some token has
-        all its candidates above the cutoff (it might hold more), in which case the full topk runs.
-        `width` follows the most any token kept last time, so the shortcut almost always holds; it
-        affects speed only, never the result.
+        A topk over the whole flattened batch is slow on a CPU. The cutoff moves little from one batch
+        to the next, so the candidates are the entries above 0.9 x the last batch's cutoff when there
+        are at least k * n_tokens of them (and not too many); otherwise `_cutoff_of` finds the cutoff.
+        Either way every entry at or above the cutoff is a candidate, and ties are broken by position,
+        so the result does not depend on which way ran (a resumed run keeps no last cutoff).
         """
-        n_tokens, d_sae = acts.shape
-        n_keep = self.cfg.k * n_tokens
+        n_keep = self.cfg.k * len(acts)
+        guess = getattr(self, "_cutoff", None)
+        candidates = None if guess is None else acts > guess
+        if candidates is None or not n_keep <= int(candidates.count_nonzero()) <= 2 * n_keep:
+            candidates = acts >= self._cutoff_of(acts, n_keep)
+        flat = candidates.reshape(-1).nonzero().squeeze(1)
+        values = acts.take(flat)
+        cutoff = values.topk(n_keep, sorted=False).values.min()
+        above, tied = values > cutoff, values == cutoff
+        keep = above | (tied & (tied.cumsum(0) <= n_keep - above.count_nonzero()))
+        self._cutoff = 0.9 * float(cutoff)
+        return flat[keep]
+
+    def _cutoff_of(self, acts: torch.Tensor, n_keep: int) -> torch.Tensor:
+        """The n_keep-th largest entry of `acts`: the n_keep-th largest of each token's `width` largest, unless
+        some token has all its candidates at or above that value (it might hold more), in which case a topk
+        of the whole batch. `width` follows the most entries any token kept last time."""
+        d_sae = acts.shape[1]
         width = min(d_sae, getattr(self, "_width", 4 * self.cfg.k))
-        candidates = acts.topk(width, dim=-1, sorted=False)
-        top = candidates.values.reshape(-1).topk(n_keep, sorted=False)
-        if width < d_sae and (candidates.values.min(dim=-1).values > top.values.min()).any():
-            flat = acts.reshape(-1).topk(n_keep, sorted=False).indices
-        else:
-            rows = torch.div(top.indices, width, rounding_mode="floor")
-            flat = rows * d_sae + candidates.indices.reshape(-1)[top.indices]
-        most = int(torch.bincount(torch.div(flat, d_sae, rounding_mode="floor"), minlength=n_tokens).max())
+        candidates = acts.topk(width, dim=-1, sorted=False).values
+        cutoff = candidates.reshape(-1).topk(n_keep, sorted=False).values.min()
+        if width < d_sae and (candidates.min(dim=-1).values >= cutoff).any():
+            cutoff = acts.reshape(-1).topk(n_keep, sorted=False).values.min()
+        most = int((acts >= cutoff).sum(dim=-1).max())
         self._width = max(4 * self.cfg.k, 1 << math.ceil(math.log2(1.5 * most + 1)))
-        return flat
+        return cutoff
 
     @torch.no_grad()
     def _update_threshold(self, kept_values: torch.Tensor) -> None:
