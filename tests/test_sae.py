@@ -243,9 +243,10 @@ def test_sparse_path_gives_the_same_bits_every_time(architecture, monkeypatch):
 
 def test_sparse_helpers_on_uneven_rows():
     W_dec = torch.randn(D_SAE, D_IN)
-    chosen, values = Chosen.from_flat(torch.tensor([2 * D_SAE + 9, 5, 2 * D_SAE + 1]), torch.tensor([3.0, 1.0, 2.0]),
-                                      3, D_SAE)
-    assert values.tolist() == [1.0, 2.0, 3.0] and chosen.offsets.tolist() == [0, 1, 1]
+    chosen = Chosen.from_sorted_flat(torch.tensor([5, 2 * D_SAE + 1, 2 * D_SAE + 9]), 3, D_SAE)
+    values = torch.tensor([1.0, 2.0, 3.0])
+    assert chosen.rows.tolist() == [0, 2, 2] and chosen.cols.tolist() == [5, 1, 9]
+    assert chosen.offsets.tolist() == [0, 1, 1]  # the empty middle token starts where the last one does
     out = sparse_decode(values, chosen, W_dec)
     assert torch.allclose(out[0], W_dec[5]) and out[1].abs().max() == 0
     assert torch.allclose(out[2], 2 * W_dec[1] + 3 * W_dec[9])

@@ -51,13 +51,6 @@ class Chosen:
         return cls(rows, indices.reshape(-1), offsets, d_sae), values.gather(1, order).reshape(-1)
 
     @classmethod
-    def from_flat(cls, flat: torch.Tensor, values: torch.Tensor, n_tokens: int, d_sae: int
-                  ) -> tuple[Chosen, torch.Tensor]:
-        """From positions in the flattened [n_tokens, d_sae] matrix and their values (both reordered by token)."""
-        flat, order = flat.sort()
-        return cls.from_sorted_flat(flat, n_tokens, d_sae), values.index_select(0, order)
-
-    @classmethod
     def from_mask(cls, mask: torch.Tensor) -> tuple[Chosen, torch.Tensor]:
         """The True entries of a [n_tokens, d_sae] mask, and their positions in the flattened mask."""
         flat = mask.reshape(-1).nonzero().squeeze(1)
