@@ -22,7 +22,7 @@ import time
 import torch
 
 from saekit.allocator import reuse_freed_memory
-from saekit.sae import SAEConfig, create_sae
+from saekit.sae import ARCHITECTURES, SAEConfig, create_sae
 
 DENSITIES = [0.02, 0.04, 0.06, 0.08, 0.10, 0.15, 0.20, 0.30]
 SETTINGS = {"relu": dict(sparsity_coefficient=1.0), "gated": dict(sparsity_coefficient=1.0),
@@ -73,7 +73,7 @@ def main() -> None:
           f"torch {torch.__version__}; milliseconds (median of {args.repeats})\n")
     print(f"{'architecture':<12} {'density':>8} {'dense':>8} {'sparse':>8} {'sparse/dense':>13}")
     for architecture in SETTINGS:
-        setting = type(create_sae(SAEConfig(architecture=architecture, d_in=1, d_sae=1))).sparse_max_density
+        setting = ARCHITECTURES[architecture].sparse_max_density
         crossing = None
         for density in DENSITIES:
             sae = sae_at_density(architecture, density, x, args.d_sae)
@@ -83,7 +83,7 @@ def main() -> None:
                   flush=True)
             if sparse < dense:
                 crossing = measured
-        type(sae).sparse_max_density = setting
+        ARCHITECTURES[architecture].sparse_max_density = setting
         print(f"{architecture}: sparse pays up to a density of about {crossing or 0:.2f} here; "
               f"sparse_max_density is {setting}\n")
 

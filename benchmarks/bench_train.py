@@ -53,6 +53,7 @@ CASES = [  # (name, saekit settings, SAELens architecture and settings)
 MATCHED_L0 = {"Gated": dict(l1_coefficient=3.0),
               "JumpReLU": dict(l0_coefficient=0.1, jumprelu_bandwidth=0.1, jumprelu_init_threshold=1.0)}
 
+
 class Replay:
     """The same pre-scaled batches for every trainer."""
 
@@ -185,6 +186,7 @@ def comparison(name: str, ours: dict, theirs: dict | None) -> str:
         return f"{name:<16} {ours['speed']:>9,.0f} {'-':>9} {'-':>7} {ours['ev']:>10.4f} {'-':>11} {ours['l0']:>10.1f}"
     return (f"{name:<16} {ours['speed']:>9,.0f} {theirs['speed']:>9,.0f} {ours['speed'] / theirs['speed']:>6.2f}x "
             f"{ours['ev']:>10.4f} {theirs['ev']:>11.4f} {ours['l0']:>10.1f} {theirs['l0']:>11.1f}")
+
 
 if __name__ == "__main__":
     main()

@@ -194,7 +194,7 @@ class SAE(nn.Module):
         losses = {"reconstruction": self.reconstruction_loss(x, x_hat), **losses}
         with torch.no_grad():  # codes are never negative: sign() is 1 where a latent fired (faster than f > 0 on CPU)
             fire_counts = f.sign().sum(dim=0).long()
-        return SAEOutput(x_hat, losses, sum(losses.values()), fire_counts.sum() / len(f), fire_counts)
+        return self._result(x_hat, losses, fire_counts)
 
     def _chosen_output(self, x_hat: torch.Tensor, losses: dict[str, torch.Tensor], chosen,
                        active: torch.Tensor | None = None) -> SAEOutput:
@@ -203,6 +203,11 @@ class SAE(nn.Module):
         with torch.no_grad():
             weights = None if active is None else active.to(x_hat.dtype)
             fire_counts = torch.bincount(chosen.cols, weights, minlength=self.cfg.d_sae).long()
+        return self._result(x_hat, losses, fire_counts)
+
+    @staticmethod
+    def _result(x_hat: torch.Tensor, losses: dict[str, torch.Tensor], fire_counts: torch.Tensor) -> SAEOutput:
+        """The `SAEOutput` of these weighted loss terms and per-latent fire counts (long)."""
         return SAEOutput(x_hat, losses, sum(losses.values()), fire_counts.sum() / len(x_hat), fire_counts)
 
     # ------------------------------------------------------------------ keeping the decoder in shape

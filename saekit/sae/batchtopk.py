@@ -69,6 +69,8 @@ class BatchTopKSAE(TopKSAE):
         candidates = None if guess is None else acts > guess
         if candidates is None or not n_keep <= int(candidates.count_nonzero()) <= 2 * n_keep:
             candidates = acts >= self._cutoff_of(acts, n_keep)
+            most = int(candidates.sum(dim=-1).max())  # entries at or above the cutoff on the fullest token
+            self._width = max(4 * self.cfg.k, 1 << math.ceil(math.log2(1.5 * most + 1)))
         flat = candidates.reshape(-1).nonzero().squeeze(1)
         values = acts.take(flat)
         cutoff = values.topk(n_keep, sorted=False).values.min()
@@ -80,15 +82,13 @@ class BatchTopKSAE(TopKSAE):
     def _cutoff_of(self, acts: torch.Tensor, n_keep: int) -> torch.Tensor:
         """The n_keep-th largest entry of `acts`: the n_keep-th largest of each token's `width` largest, unless
         some token has all its candidates at or above that value (it might hold more), in which case a topk
-        of the whole batch. `width` follows the most entries any token kept last time."""
+        of the whole batch. `width` (set by `_batch_top`) follows the most entries any token kept last time."""
         d_sae = acts.shape[1]
         width = min(d_sae, getattr(self, "_width", 4 * self.cfg.k))
         candidates = acts.topk(width, dim=-1, sorted=False).values
         cutoff = candidates.reshape(-1).topk(n_keep, sorted=False).values.min()
         if width < d_sae and (candidates.min(dim=-1).values >= cutoff).any():
             cutoff = acts.reshape(-1).topk(n_keep, sorted=False).values.min()
-        most = int((acts >= cutoff).sum(dim=-1).max())
-        self._width = max(4 * self.cfg.k, 1 << math.ceil(math.log2(1.5 * most + 1)))
         return cutoff
 
     @torch.no_grad()

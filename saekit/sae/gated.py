@@ -41,11 +41,8 @@ class GatedSAE(SAE):
     def encoder_bias(self) -> torch.Tensor:
         return -(self.b_dec @ self.W_enc)  # the shared part (x - b_dec) @ W has no bias of its own
 
-    def _shared(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.W_enc.T, self.encoder_bias())
-
     def _paths(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        shared = self._shared(x)
+        shared = F.linear(x, self.W_enc.T, self.encoder_bias())
         return shared + self.b_gate, shared * self.r_mag.exp() + self.b_mag
 
     def pre_activations(self, x: torch.Tensor) -> torch.Tensor:

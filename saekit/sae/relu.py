@@ -65,7 +65,7 @@ class ReLUSAE(SAE):
         fire_counts = fire_counts.long()
         x_hat = out[:, :-1] + self.b_dec
         losses = {"reconstruction": self.reconstruction_loss(x, x_hat), "sparsity": coefficient * out[:, -1].sum()}
-        return SAEOutput(x_hat, losses, sum(losses.values()), fire_counts.sum() / len(x), fire_counts)
+        return self._result(x_hat, losses, fire_counts)
 
 
 def _ones_column(t: torch.Tensor) -> torch.Tensor:
