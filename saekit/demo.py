@@ -58,6 +58,10 @@ def run_demo(out_dir: str | os.PathLike, model_path: str | None = None, hook: st
     start = time.perf_counter()
     model, tokenizer = load_model(model_path)
     hook = hook or f"blocks.{model.config.n_layer // 2}.hook_resid_post"
+    if progress:
+        print(f"saekit demo: a TopK SAE ({cfg.d_sae} latents, k = {cfg.k}) on {model.name}'s {hook}, trained on "
+              f"{cfg.train_tokens:,} tokens of TinyWorld stories and evaluated on {cfg.eval_tokens:,} others",
+              flush=True)
     if model_path is None:
         from saekit.course import course_store  # the course's cached store: collected once, shared with notebooks
 

@@ -28,5 +28,6 @@ def test_demo_command_prints_where_the_report_is(tmp_path, monkeypatch, capsys):
           "--train-tokens", "20000", "--eval-tokens", "5000"])
     out = capsys.readouterr().out
     assert f"report: {(tmp_path / 'out' / 'report.html').resolve()}" in out
+    assert "a TopK SAE (128 latents, k = 4) on nanochat-tinyworld's blocks.3.hook_resid_post" in out
     assert "explained variance" in out and "concept coverage" in out
     assert (tmp_path / "out" / "report.html").is_file() and (tmp_path / "out" / "sae" / "cfg.json").is_file()
